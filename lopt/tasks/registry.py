@@ -1,0 +1,22 @@
+"""`TASKS`: the explicit registry of task families (name -> family class).
+
+Every class constructs with no arguments (its full default sampling space); keyword arguments
+restrict the space, e.g. ``TASKS["mlp"](datasets=("fashion_mnist",))``.
+"""
+
+from __future__ import annotations
+
+from lopt.tasks.base import TaskFamily
+from lopt.tasks.quadratic import Quadratic
+from lopt.validate import unknown_name
+
+TASKS: dict[str, type[TaskFamily]] = {
+    "quadratic": Quadratic,
+}
+
+
+def get_family(name: str, **space) -> TaskFamily:
+    """The family registered as ``name``, with its sampling space optionally restricted."""
+    if name not in TASKS:
+        raise unknown_name("task family", name, TASKS)
+    return TASKS[name](**space)
