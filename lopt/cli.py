@@ -33,11 +33,11 @@ def data_list() -> None:
     from lopt import data
 
     table = Table(title=f"datasets in {data.cache_dir()}")
-    rows = data.status()
-    for col in rows[0]._fields if rows and hasattr(rows[0], "_fields") else ("name", "kind", "size", "present", "source"):
-        table.add_column(str(col))
-    for row in rows:
-        table.add_row(*[str(v) for v in (row if isinstance(row, tuple) else row.values())])
+    for col in ("name", "kind", "present", "size", "source"):
+        table.add_column(col)
+    for st in data.status():
+        size = "procedural" if st.expected_size == 0 else f"{st.expected_size / 1e6:.2f} MB"
+        table.add_row(st.name, st.kind, "yes" if st.present else "no", size, st.source)
     console.print(table)
 
 
@@ -84,6 +84,17 @@ COMMANDS: dict[str, dict[str, Callable]] = {
 }
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from lopt.data import ChecksumError, DatasetMissingError
+    from lopt.data.errors import SourceError
+    from lopt.validate import ConfigError, UnknownNameError
+
+    return (ChecksumError, DatasetMissingError, SourceError, ConfigError, UnknownNameError)
+
+
+_USER_ERRORS = _user_errors()
+
+
 def _usage() -> str:
     lines = ["usage: lopt COMMAND [SUBCOMMAND] [--flags]   (add --help to any command)", ""]
     for group, cmds in COMMANDS.items():
@@ -109,7 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         got = repr(rest[0]) if rest else "nothing"
         sys.exit(f"lopt {group}: expected one of {sorted(cmds)}, got {got}.\n\n{_usage()}")
-    tyro.cli(cmds[sub], args=rest, prog=f"lopt {group} {sub}".strip())
+    try:
+        tyro.cli(cmds[sub], args=rest, prog=f"lopt {group} {sub}".strip())
+    except _USER_ERRORS as e:  # bad input: print the message (it names the problem and the fix)
+        sys.exit(f"lopt {group} {sub}: {e}".replace("  ", " "))
 
 
 if __name__ == "__main__":

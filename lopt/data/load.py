@@ -37,7 +37,7 @@ def load(name: str) -> Dataset:
     return _load(name, str(cache_dir()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str, root: str) -> Dataset:
     return BUILDERS[name](Path(root))
 
@@ -56,14 +56,20 @@ def device_arrays(name: str, image_size: int | None = None) -> dict[str, dict[st
         ``{split: {"x": ..., "y": ...}}`` (text and densities have ``"x"`` only).
     """
     _check_name(name)
-    return _device_arrays(name, image_size, str(cache_dir()))
-
-
-@functools.lru_cache(maxsize=None)
-def _device_arrays(name: str, image_size: int | None, root: str) -> dict[str, dict[str, jax.Array]]:
+    root = str(cache_dir())
     dataset = _load(name, root)
     if image_size is not None and dataset.kind != "image":
-        raise ValueError(f"image_size={image_size} applies to image datasets only; {name!r} is {dataset.kind}.")
+        raise ValueError(
+            f"image_size={image_size} applies to image datasets only; {name!r} is {dataset.kind}."
+        )
+    if image_size == dataset.input_shape[0]:
+        image_size = None  # the native size: share one device copy with image_size=None
+    return _device_arrays(name, image_size, root)
+
+
+@functools.cache
+def _device_arrays(name: str, image_size: int | None, root: str) -> dict[str, dict[str, jax.Array]]:
+    dataset = _load(name, root)
     out = {}
     for split, arrays in dataset.splits.items():
         arrays = dict(arrays)

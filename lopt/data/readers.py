@@ -64,7 +64,9 @@ def read_idx(source: str | os.PathLike | bytes, *, name: str | None = None) -> n
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     offset = 4 + 4 * ndim
     if len(raw) < offset:
-        raise IdxFormatError(f"{name}: IDX header announces {ndim} dimensions but the file ends at byte {len(raw)}.")
+        raise IdxFormatError(
+            f"{name}: IDX header announces {ndim} dimensions but the file ends at byte {len(raw)}."
+        )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:

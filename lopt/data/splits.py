@@ -53,7 +53,9 @@ def holdout_sizes(n: int, fraction: float = 0.1) -> dict[str, int]:
     return {"train": n - 3 * k, "inner_valid": k, "outer_valid": k, "test": k}
 
 
-def text_ranges(text: str, fractions: tuple[float, ...] = (0.8, 0.05, 0.05, 0.1)) -> dict[str, tuple[int, int]]:
+def text_ranges(
+    text: str, fractions: tuple[float, ...] = (0.8, 0.05, 0.05, 0.1)
+) -> dict[str, tuple[int, int]]:
     """Contiguous ``[start, stop)`` character ranges for the four `SPLITS`, cut at line boundaries.
 
     Each nominal cut at ``fraction * len(text)`` moves forward to just after the next newline, so
