@@ -25,7 +25,8 @@ def dense_init(key: jax.Array, fan_in: int, fan_out: int, scale: jax.Array | flo
 
 def dense(p: dict, x: jax.Array) -> jax.Array:
     """``x @ w + b``; x: (..., fan_in) -> (..., fan_out)."""
-    return x @ p["w"] + p["b"]
+    y = x @ p["w"]
+    return y + _lead(p["b"], y.ndim)
 
 
 def mlp_init(key: jax.Array, sizes: tuple[int, ...], scale: jax.Array | float = 1.0) -> list[dict]:
@@ -54,7 +55,12 @@ def conv(p: dict, x: jax.Array, stride: int = 1) -> jax.Array:
     nd = p["w"].ndim - 2
     spec = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}[nd]
     y = jax.lax.conv_general_dilated(x, p["w"], (stride,) * nd, "SAME", dimension_numbers=spec)
-    return y + p["b"]
+    return y + _lead(p["b"], y.ndim)
+
+
+def _lead(b: jax.Array, ndim: int) -> jax.Array:
+    """``b`` with leading unit axes up to ``ndim`` (explicit broadcasting, no rank promotion)."""
+    return b.reshape((1,) * (ndim - b.ndim) + b.shape)
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
