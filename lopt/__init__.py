@@ -1,0 +1,21 @@
+"""lopt: learned optimizers meta-trained by bilevel optimization, measured against tuned baselines.
+
+The public API, re-exported from the subpackages (DESIGN.md, STYLE.md item 9).
+"""
+
+from lopt.evaluate import Curves as Curves
+from lopt.evaluate import evaluate as evaluate
+from lopt.evaluate import evaluate_hparams as evaluate_hparams
+from lopt.optimizers import BASELINES as BASELINES
+from lopt.optimizers import get_baseline as get_baseline
+from lopt.optimizers import lookahead as lookahead
+from lopt.tasks import SPLITS as SPLITS
+from lopt.tasks import Task as Task
+from lopt.tasks import TaskConfig as TaskConfig
+from lopt.tasks import TaskFamily as TaskFamily
+from lopt.tasks.registry import TASKS as TASKS
+from lopt.tasks.registry import get_family as get_family
+from lopt.tasks.suites import SUITES as SUITES
+from lopt.tasks.suites import get_suite as get_suite
+
+__version__ = "0.1.0"

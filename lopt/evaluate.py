@@ -1,31 +1,44 @@
-"""Train a task with an optimizer and record its curves: jitted, `lax.scan` over steps, `vmap` over seeds.
+"""Train tasks with optimizers and record their curves: jitted, `lax.scan` over steps, `vmap` over
+seeds and over hyperparameter settings.
 
     curves = evaluate(key, task, optax.adam(1e-3), num_steps=1000, num_seeds=3, eval_every=100)
+    curves = evaluate_hparams(key, task, {"learning_rate": lrs}, make=get_baseline("adam").make, ...)
 
-`curves.train_loss` has shape (seeds, steps); `curves.eval` maps each evaluation split to a dict
-of metrics of shape (seeds, evaluations), measured at steps `curves.eval_steps` (0, E, 2E, ...).
-The inner-valid loss is passed to the optimizer as ``valid_loss=`` each time it is measured, and
-the training loss as ``loss=`` every step, so learned optimizers see both.
+`Curves.train_loss` has shape (..., seeds, steps); `Curves.eval` maps each evaluation split to a
+dict of metrics of shape (..., seeds, evaluations) taken at steps `Curves.eval_steps`
+(0, E, 2E, ..., N). The inner-valid loss is passed to the optimizer as ``valid_loss=`` each time it
+is measured and the training loss as ``loss=`` every step, so learned optimizers see both.
+
+A run that produces a NaN or infinite training loss is *diverged* at that step: it is recorded in
+`Curves.diverged_step` (``num_steps`` when it never diverged), the computation goes on without
+raising, and later metrics are NaN. Seeds share their keys across hyperparameter settings
+(common random numbers), so settings are compared on the same initializations and batches.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lopt.tasks.base import Task
 
+EVAL_SPLITS = ("inner_valid", "outer_valid", "test")
+
 
 class Curves(NamedTuple):
-    """Training curves of one (task, optimizer) over several seeds."""
+    """Training curves; leading axes (..., S) are (hparam settings..., seeds)."""
 
-    train_loss: jax.Array  # (S, N): training-batch loss before each of the N updates
-    eval_steps: jax.Array  # (M,): step at which each evaluation was taken, M = N // E + 1
-    eval: dict  # split -> metric name -> (S, M)
+    train_loss: jax.Array  # (..., S, N): training-batch loss before each of the N updates
+    eval_steps: jax.Array  # (M,): step of each evaluation, M = N // E + 1
+    eval: dict  # split -> metric name -> (..., S, M)
+    diverged_step: jax.Array  # (..., S) int32: first step with a non-finite loss, N if none
 
 
 def eval_metrics(key: jax.Array, task: Task, params, split: str, num_batches: int) -> dict:
@@ -44,16 +57,15 @@ def train_one(
     optimizer: optax.GradientTransformation,
     num_steps: int,
     eval_every: int,
-    eval_splits: tuple[str, ...] = ("inner_valid", "test"),
+    eval_splits: tuple[str, ...] = EVAL_SPLITS,
     eval_batches: int = 4,
 ):
-    """One seed: returns (final params, train losses (N,), eval metrics split -> name -> (M,)).
+    """One seed, pure and un-jitted: returns (final params, train losses (N,), evals, diverged step).
 
-    Pure and un-jitted; `evaluate` jits and vmaps it. ``num_steps`` must be a multiple of
-    ``eval_every``.
+    ``evals`` maps split -> metric -> (M,). ``num_steps`` must be a multiple of ``eval_every``.
     """
-    if num_steps % eval_every:
-        raise ValueError(f"num_steps={num_steps} must be a multiple of eval_every={eval_every}.")
+    if eval_every < 1 or num_steps % eval_every:
+        raise ValueError(f"num_steps={num_steps} must be a positive multiple of eval_every={eval_every}.")
     optimizer = optax.with_extra_args_support(optimizer)
     key_init, key_train, key_eval = jax.random.split(key, 3)
     params = task.init(key_init)
@@ -64,33 +76,45 @@ def train_one(
         return {s: eval_metrics(ks, task, params, s, eval_batches) for s, ks in zip(eval_splits, keys)}
 
     def valid_loss_of(metrics):
-        return metrics["inner_valid"]["loss"] if "inner_valid" in metrics else None
+        return metrics["inner_valid"]["loss"] if "inner_valid" in metrics else jnp.float32(jnp.nan)
 
     def step(carry, k):
-        params, opt_state, valid_loss = carry
+        params, opt_state, valid_loss, t, diverged = carry
         k_batch, k_loss = jax.random.split(k)
         batch = task.batch(k_batch, "train")
         loss, grads = jax.value_and_grad(task.loss)(params, k_loss, batch)
+        diverged = jnp.where((diverged == num_steps) & ~jnp.isfinite(loss), t, diverged)
         updates, opt_state = optimizer.update(grads, opt_state, params, loss=loss, valid_loss=valid_loss)
-        return (optax.apply_updates(params, updates), opt_state, valid_loss), loss
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state, valid_loss, t + 1, diverged), loss
 
     def chunk(carry, k):
         k_steps, k_eval = jax.random.split(k)
         carry, losses = jax.lax.scan(step, carry, jax.random.split(k_steps, eval_every))
         metrics = evaluate_all(k_eval, carry[0])
-        return (carry[0], carry[1], valid_loss_of(metrics)), (losses, metrics)
+        return (carry[0], carry[1], valid_loss_of(metrics), carry[3], carry[4]), (losses, metrics)
 
     metrics0 = evaluate_all(key_eval, params)
-    carry = (params, opt_state, valid_loss_of(metrics0))
+    never = jnp.int32(num_steps)
+    carry = (params, opt_state, valid_loss_of(metrics0), jnp.int32(0), never)
     keys = jax.random.split(key_train, num_steps // eval_every)
-    (params, _, _), (losses, metrics) = jax.lax.scan(chunk, carry, keys)
+    (params, _, _, _, diverged), (losses, metrics) = jax.lax.scan(chunk, carry, keys)
     evals = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), metrics0, metrics)
-    return params, losses.reshape(-1), evals
+    return params, losses.reshape(-1), evals, diverged
 
 
-@functools.partial(
-    jax.jit, static_argnames=("optimizer", "num_steps", "num_seeds", "eval_every", "eval_splits", "eval_batches")
-)
+def _seeds(key, task, optimizer, num_steps, num_seeds, eval_every, eval_splits, eval_batches):
+    def one(k):
+        _, losses, evals, diverged = train_one(k, task, optimizer, num_steps, eval_every, eval_splits, eval_batches)
+        return losses, evals, diverged
+
+    return jax.vmap(one)(jax.random.split(key, num_seeds))
+
+
+_STATIC = ("num_steps", "num_seeds", "eval_every", "eval_splits", "eval_batches")
+
+
+@functools.partial(jax.jit, static_argnames=("optimizer", *_STATIC))
 def evaluate(
     key: jax.Array,
     task: Task,
@@ -98,19 +122,82 @@ def evaluate(
     num_steps: int,
     num_seeds: int = 1,
     eval_every: int = 100,
-    eval_splits: tuple[str, ...] = ("inner_valid", "test"),
+    eval_splits: tuple[str, ...] = EVAL_SPLITS,
     eval_batches: int = 4,
 ) -> Curves:
-    """Train ``task`` with ``optimizer`` from ``num_seeds`` seeds (vmapped) for ``num_steps`` steps.
+    """Train ``task`` with one ``optimizer`` from ``num_seeds`` seeds (vmapped) for ``num_steps``.
 
-    Jitted: ``optimizer`` must be hashable (optax transformations are NamedTuples of functions,
-    so build one per learning rate and reuse it to hit the compilation cache); ``task`` is a pytree
-    argument, so tasks with the same structure share one compiled program.
+    ``optimizer`` is a static argument: build it once and reuse the same object to hit the
+    compilation cache. To compare hyperparameter settings, use `evaluate_hparams`, which vmaps
+    over them in one compiled program.
+    """
+    losses, evals, diverged = _seeds(key, task, optimizer, num_steps, num_seeds, eval_every, eval_splits, eval_batches)
+    return Curves(losses, jnp.arange(0, num_steps + 1, eval_every), evals, diverged)
+
+
+@functools.partial(jax.jit, static_argnames=("make", *_STATIC))
+def evaluate_hparams(
+    key: jax.Array,
+    task: Task,
+    hparams: Any,
+    *,
+    make: Callable[[Any], optax.GradientTransformation],
+    num_steps: int,
+    num_seeds: int = 1,
+    eval_every: int = 100,
+    eval_splits: tuple[str, ...] = EVAL_SPLITS,
+    eval_batches: int = 4,
+) -> Curves:
+    """Like `evaluate`, for every setting in ``hparams`` (a pytree whose leaves share a leading
+    axis of length C), building each optimizer with ``make(hparams_i)``; vmapped over settings.
+
+    ``make`` is static (e.g. ``get_baseline("adam").make`` or a learned optimizer's ``transform``
+    with theta as the hparams); the result has leading axes (C, S).
     """
 
-    def one(k):
-        _, losses, evals = train_one(k, task, optimizer, num_steps, eval_every, eval_splits, eval_batches)
-        return losses, evals
+    def one_setting(h):
+        return _seeds(key, task, make(h), num_steps, num_seeds, eval_every, eval_splits, eval_batches)
 
-    losses, evals = jax.vmap(one)(jax.random.split(key, num_seeds))
-    return Curves(losses, jnp.arange(0, num_steps + 1, eval_every), evals)
+    losses, evals, diverged = jax.vmap(one_setting)(hparams)
+    return Curves(losses, jnp.arange(0, num_steps + 1, eval_every), evals, diverged)
+
+
+def timed(fn: Callable, *args, **static) -> tuple[Any, dict[str, float]]:
+    """Call jitted ``fn(*args, **static)`` (dynamic arguments positional, static ones by keyword)
+    once, returning its output and the compile and run wall times in seconds."""
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args, **static).compile()
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    t2 = time.perf_counter()
+    return out, {"compile_seconds": t1 - t0, "run_seconds": t2 - t1}
+
+
+def tidy(curves: Curves, **labels) -> list[dict]:
+    """One row per (setting, seed, step): the training loss at every step, and at evaluation steps
+    the metrics of every split (``{split}_{metric}``); ``diverged`` marks steps at or after divergence.
+    ``labels`` (task, optimizer, hparams...) are copied into every row. Leading setting axes are
+    flattened into a ``setting`` column."""
+    train = np.asarray(curves.train_loss)
+    lead = train.shape[:-2]
+    n_set = int(np.prod(lead)) if lead else 1
+    train = train.reshape(n_set, *train.shape[-2:])
+    div = np.asarray(curves.diverged_step).reshape(n_set, -1)
+    evals = {
+        f"{split}_{name}": np.asarray(v).reshape(n_set, *np.asarray(v).shape[-2:])
+        for split, metrics in curves.eval.items()
+        for name, v in metrics.items()
+    }
+    eval_index = {int(s): i for i, s in enumerate(np.asarray(curves.eval_steps))}
+    num_steps = train.shape[-1]
+    rows = []
+    for c in range(n_set):
+        for s in range(train.shape[1]):
+            for t in range(num_steps + 1):
+                row = dict(labels, setting=c, seed=s, step=t, diverged=bool(t >= div[c, s] and div[c, s] < num_steps))
+                row["train_loss"] = float(train[c, s, t]) if t < num_steps else None
+                if t in eval_index:
+                    for name, v in evals.items():
+                        row[name] = float(v[c, s, eval_index[t]])
+                rows.append(row)
+    return rows
