@@ -7,9 +7,11 @@ restrict the space, e.g. ``TASKS["mlp"](datasets=("fashion_mnist",))``.
 from __future__ import annotations
 
 from lopt.tasks.base import TaskFamily
+from lopt.tasks.flow import Flow
 from lopt.tasks.functions2d import Functions2D
 from lopt.tasks.quadratic import Quadratic
 from lopt.tasks.regression import LinearRegression, LogisticRegression
+from lopt.tasks.vae import VAE
 from lopt.validate import unknown_name
 
 TASKS: dict[str, type[TaskFamily]] = {
@@ -17,6 +19,8 @@ TASKS: dict[str, type[TaskFamily]] = {
     "functions2d": Functions2D,
     "linear_regression": LinearRegression,
     "logistic_regression": LogisticRegression,
+    "vae": VAE,
+    "flow": Flow,
 }
 
 

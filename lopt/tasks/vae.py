@@ -28,6 +28,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+import lopt.data
 from lopt.tasks import _nn
 from lopt.tasks.base import Task, TaskFamily, host_rng
 from lopt.validate import ConfigError, check_choice, check_interval, check_range, check_subset
@@ -53,7 +54,9 @@ class VAEStatic:
         check_choice("VAEStatic.dataset", self.dataset, DATASETS)
         check_choice("VAEStatic.image_size", self.image_size, IMAGE_SIZES)
         if self.dataset == "digits" and self.image_size != 8:
-            raise ConfigError(f"VAEStatic.image_size={self.image_size!r} is not valid for digits: it must be 8.")
+            raise ConfigError(
+                f"VAEStatic.image_size={self.image_size!r} is not valid for digits: it must be 8."
+            )
         check_range("VAEStatic.hidden", self.hidden, 1, 4096)
         check_range("VAEStatic.depth", self.depth, 1, 4)
         check_range("VAEStatic.latent", self.latent, 1, 256)
@@ -119,9 +122,9 @@ class VAE(TaskFamily):
         small_size = 8 if small_data == "digits" else min(self.image_sizes)
         big_data = non_digits[0] if non_digits else "digits"
         big_size = max(self.image_sizes) if non_digits else 8
-        common = dict(activation=self.activations[0], batch_size=min(self.batch_sizes))
-        small = VAEStatic(small_data, small_size, min(self.hiddens), min(self.depths), self.latent[0], **common)
-        big = VAEStatic(big_data, big_size, max(self.hiddens), max(self.depths), self.latent[1], **common)
+        rest = dict(activation=self.activations[0], batch_size=min(self.batch_sizes))
+        small = VAEStatic(small_data, small_size, min(self.hiddens), min(self.depths), self.latent[0], **rest)
+        big = VAEStatic(big_data, big_size, max(self.hiddens), max(self.depths), self.latent[1], **rest)
         return small, big
 
     def describe(self, static):
@@ -134,8 +137,6 @@ class VAE(TaskFamily):
 
     # --- building ------------------------------------------------------------------------------
     def load_data(self, static):
-        import lopt.data
-
         size = None if static.dataset == "digits" else static.image_size
         return lopt.data.device_arrays(static.dataset, image_size=size)
 
@@ -163,18 +164,8 @@ class VAE(TaskFamily):
 
 
 # --- the model ------------------------------------------------------------------------------------
-def _mlp(layers: list[dict], x: jax.Array, activation: str) -> jax.Array:
-    """Dense layers on x (B, fan_in) with ``activation`` between them (explicit bias broadcast)."""
-    act = _nn.ACTIVATIONS[activation]
-    for i, p in enumerate(layers):
-        x = x @ p["w"] + p["b"][None, :]  # (B, fan_out)
-        if i < len(layers) - 1:
-            x = act(x)
-    return x
-
-
 def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
-    """KL(N(mean, diag exp(logvar)) ‖ N(0, I)) per row: ½ Σ_j (μ_j² + σ_j² - log σ_j² - 1); (B, L) -> (B,)."""
+    """KL(N(μ, diag σ²) ‖ N(0, I)) per row, ½ Σ_j (μ_j² + σ_j² - log σ_j² - 1); (B, L) -> (B,)."""
     return 0.5 * jnp.sum(mean**2 + jnp.exp(logvar) - logvar - 1.0, axis=-1)
 
 
@@ -185,17 +176,19 @@ def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
 
 def encode(params: dict, x: jax.Array, activation: str) -> tuple[jax.Array, jax.Array]:
     """Posterior mean and log-variance, each (B, L), of images x (B, D)."""
-    h = _mlp(params["encoder"], x, activation)  # (B, 2L)
+    h = _nn.mlp_apply(params["encoder"], x, activation)  # (B, 2L)
     mean, logvar = jnp.split(h, 2, axis=-1)  # (B, L), (B, L)
     return mean, logvar
 
 
 def decode(params: dict, z: jax.Array, activation: str) -> jax.Array:
     """Bernoulli logits (B, D) of latents z (B, L)."""
-    return _mlp(params["decoder"], z, activation)
+    return _nn.mlp_apply(params["decoder"], z, activation)
 
 
-def neg_elbo_terms(params: dict, key: jax.Array, x: jax.Array, activation: str) -> tuple[jax.Array, jax.Array]:
+def neg_elbo_terms(
+    params: dict, key: jax.Array, x: jax.Array, activation: str
+) -> tuple[jax.Array, jax.Array]:
     """Per-example reconstruction NLL and KL (nats), each (B,), with one reparameterized sample.
 
     z = μ + exp(½ log σ²) ⊙ ε, ε = ``jax.random.normal(key, (B, L))``.
