@@ -62,7 +62,7 @@ def device_arrays(name: str, image_size: int | None = None) -> dict[str, dict[st
         raise ValueError(
             f"image_size={image_size} applies to image datasets only; {name!r} is {dataset.kind}."
         )
-    if image_size == dataset.input_shape[0]:
+    if image_size is not None and image_size == dataset.input_shape[0]:
         image_size = None  # the native size: share one device copy with image_size=None
     return _device_arrays(name, image_size, root)
 

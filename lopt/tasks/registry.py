@@ -11,6 +11,8 @@ from lopt.tasks.flow import Flow
 from lopt.tasks.functions2d import Functions2D
 from lopt.tasks.quadratic import Quadratic
 from lopt.tasks.regression import LinearRegression, LogisticRegression
+from lopt.tasks.rnn_lm import RNNLM
+from lopt.tasks.transformer_lm import TransformerLM
 from lopt.tasks.vae import VAE
 from lopt.validate import unknown_name
 
@@ -21,6 +23,8 @@ TASKS: dict[str, type[TaskFamily]] = {
     "logistic_regression": LogisticRegression,
     "vae": VAE,
     "flow": Flow,
+    "rnn_lm": RNNLM,
+    "transformer_lm": TransformerLM,
 }
 
 

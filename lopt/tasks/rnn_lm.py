@@ -27,6 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+import lopt.data
 from lopt.tasks import _nn
 from lopt.tasks.base import Task, TaskFamily, host_rng
 from lopt.validate import ConfigError, check_choice, check_interval, check_range, check_subset
@@ -60,8 +61,6 @@ def next_char_metrics(logits: jax.Array, targets: jax.Array) -> dict[str, jax.Ar
 
 def text_data(dataset: str) -> dict:
     """The device-resident token streams of ``dataset``, per split (cached by `lopt.data`)."""
-    import lopt.data  # imported here: building a family must not need the data package
-
     return lopt.data.device_arrays(dataset)
 
 
@@ -71,6 +70,31 @@ def check_sizes(field: str, values: tuple[int, ...], lo: int, hi: int) -> None:
         raise ConfigError(f"{field} is empty: give at least one integer in [{lo}, {hi}].")
     for v in values:
         check_range(field, v, lo, hi)
+
+
+def check_windows(prefix: str, seq_lens: tuple[int, ...], batch_sizes: tuple[int, ...], max_tokens: int):
+    """Validate the window lengths, batch sizes and the token cap of a text family's space."""
+    check_sizes(f"{prefix}.seq_lens", seq_lens, 1, 1024)
+    check_sizes(f"{prefix}.batch_sizes", batch_sizes, 1, 4096)
+    check_range(f"{prefix}.max_tokens", max_tokens, 1, 1 << 22)
+    need = max(seq_lens) * min(batch_sizes)
+    if need > max_tokens:
+        raise ConfigError(
+            f"{prefix}.max_tokens={max_tokens!r} is too small: the longest window {max(seq_lens)} times the "
+            f"smallest batch size {min(batch_sizes)} is {need} tokens; raise it to at least {need}."
+        )
+
+
+def sample_window(rng, seq_lens, batch_sizes, max_tokens: int) -> tuple[int, int]:
+    """(T, B): T uniform over ``seq_lens``, then B uniform over the batch sizes with B·T <= max_tokens."""
+    t = int(rng.choice(seq_lens))
+    return t, int(rng.choice([b for b in batch_sizes if b * t <= max_tokens]))
+
+
+def window_extremes(seq_lens, batch_sizes, max_tokens: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The cheapest and the most expensive (T, B) pairs that `sample_window` can return."""
+    t = max(seq_lens)
+    return (min(seq_lens), min(batch_sizes)), (t, max(b for b in batch_sizes if b * t <= max_tokens))
 
 
 # --- recurrent cells ------------------------------------------------------------------------
@@ -117,7 +141,7 @@ def cell_step(cell: str, p: dict, state, x: jax.Array):
 
 def rnn_logits(params: dict, tokens: jax.Array, cell: str) -> jax.Array:
     """Next-character logits (T, V) of one window of ``tokens`` (T,); vmap it over a batch."""
-    xs = params["embed"][tokens]  # (T, E)
+    xs = jnp.take(params["embed"], tokens, axis=0)  # (T, E)
     xw = xs @ params["cell"]["w_x"]  # (T, G·H) input projections, one matmul outside the scan
     hidden = params["cell"]["w_h"].shape[0]
     step = lambda state, xw_t: _cell_update(cell, params["cell"], state, xw_t)  # noqa: E731
@@ -157,6 +181,7 @@ class RNNLM(TaskFamily):
     hiddens: tuple[int, ...] = (16, 32, 64, 128)  # hidden widths H (cost ∝ B·T·H²)
     seq_lens: tuple[int, ...] = (16, 32, 64)  # window lengths T (sequential scan steps)
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64)  # windows per batch B
+    max_tokens: int = 1024  # cap on B·T (cost ∝ B·T·H²): B is drawn among sizes with B·T <= cap
     init_scale: tuple[float, float] = (0.5, 2.0)  # weight-init multiplier, log-uniform in [a, b]
     dataset: str = "kjv"  # text dataset in lopt.data
 
@@ -164,35 +189,30 @@ class RNNLM(TaskFamily):
         check_subset("RNNLM.cells", self.cells, CELLS)
         check_sizes("RNNLM.embeds", self.embeds, 1, 1024)
         check_sizes("RNNLM.hiddens", self.hiddens, 1, 1024)
-        check_sizes("RNNLM.seq_lens", self.seq_lens, 1, 1024)
-        check_sizes("RNNLM.batch_sizes", self.batch_sizes, 1, 4096)
+        check_windows("RNNLM", self.seq_lens, self.batch_sizes, self.max_tokens)
         check_interval("RNNLM.init_scale", self.init_scale, 1e-4, 100.0)
         check_choice("RNNLM.dataset", self.dataset, VOCAB_SIZES)
 
     def sample_static(self, key):
         rng = host_rng(key)
-        return RNNLMStatic(
-            cell=str(rng.choice(self.cells)),
-            embed=int(rng.choice(self.embeds)),
-            hidden=int(rng.choice(self.hiddens)),
-            seq_len=int(rng.choice(self.seq_lens)),
-            batch_size=int(rng.choice(self.batch_sizes)),
-            dataset=self.dataset,
-        )
+        cell = str(rng.choice(self.cells))
+        embed, hidden = int(rng.choice(self.embeds)), int(rng.choice(self.hiddens))
+        seq_len, batch_size = sample_window(rng, self.seq_lens, self.batch_sizes, self.max_tokens)
+        return RNNLMStatic(cell, embed, hidden, seq_len, batch_size, self.dataset)
 
     def sample_dynamic(self, key, static):
         return {"init_scale": _nn.log_uniform(key, *self.init_scale)}
 
     def static_extremes(self):
-        def pick(cell, f):
-            return RNNLMStatic(cell, f(self.embeds), f(self.hiddens), f(self.seq_lens), f(self.batch_sizes),
-                               self.dataset)
-
+        (t_lo, b_lo), (t_hi, b_hi) = window_extremes(self.seq_lens, self.batch_sizes, self.max_tokens)
         cells = sorted(self.cells, key=_GATES.get)  # fewest gates (GRU) first
-        return pick(cells[0], min), pick(cells[-1], max)
+        small = RNNLMStatic(cells[0], min(self.embeds), min(self.hiddens), t_lo, b_lo, self.dataset)
+        large = RNNLMStatic(cells[-1], max(self.embeds), max(self.hiddens), t_hi, b_hi, self.dataset)
+        return small, large
 
     def describe(self, static):
-        return f"{static.dataset} {static.cell} e{static.embed} h{static.hidden}, T{static.seq_len} bs{static.batch_size}"
+        s = static
+        return f"{s.dataset} {s.cell} e{s.embed} h{s.hidden}, T{s.seq_len} bs{s.batch_size}"
 
     def load_data(self, static):
         return text_data(static.dataset)

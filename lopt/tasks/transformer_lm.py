@@ -21,7 +21,16 @@ import jax.numpy as jnp
 
 from lopt.tasks import _nn
 from lopt.tasks.base import Task, TaskFamily, host_rng
-from lopt.tasks.rnn_lm import VOCAB_SIZES, char_windows, check_sizes, next_char_metrics, text_data
+from lopt.tasks.rnn_lm import (
+    VOCAB_SIZES,
+    char_windows,
+    check_sizes,
+    check_windows,
+    next_char_metrics,
+    sample_window,
+    text_data,
+    window_extremes,
+)
 from lopt.validate import ConfigError, check_choice, check_interval, check_range
 
 _LN_EPS = 1e-5
@@ -56,7 +65,7 @@ def causal_self_attention(p: dict, x: jax.Array, num_heads: int) -> jax.Array:
 
 def transformer_logits(params: dict, tokens: jax.Array, num_heads: int) -> jax.Array:
     """Next-character logits (T, V) of one window of ``tokens`` (T,); vmap it over a batch."""
-    x = params["tok"][tokens] + params["pos"]  # (T, D)
+    x = jnp.take(params["tok"], tokens, axis=0) + params["pos"]  # (T, D)
     for block in params["blocks"]:
         x = x + causal_self_attention(block["attn"], layer_norm(block["ln1"], x), num_heads)
         h = jax.nn.gelu(_linear(block["fc"], layer_norm(block["ln2"], x)))  # (T, 4D)
@@ -105,6 +114,7 @@ class TransformerLM(TaskFamily):
     num_heads: tuple[int, ...] = (1, 2, 4)  # heads (each must divide every width)
     seq_lens: tuple[int, ...] = (16, 32, 64)  # context lengths T (attention cost ∝ T²)
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64)  # windows per batch B
+    max_tokens: int = 1024  # cap on B·T (cost ∝ B·T·D²): B is drawn among sizes with B·T <= cap
     init_scale: tuple[float, float] = (0.5, 2.0)  # weight-init multiplier, log-uniform in [a, b]
     dataset: str = "kjv"  # text dataset in lopt.data
 
@@ -119,31 +129,26 @@ class TransformerLM(TaskFamily):
                         f"TransformerLM.num_heads contains {h!r}, which does not divide width {d} "
                         f"in TransformerLM.widths={self.widths!r}: every head count must divide every width."
                     )
-        check_sizes("TransformerLM.seq_lens", self.seq_lens, 1, 1024)
-        check_sizes("TransformerLM.batch_sizes", self.batch_sizes, 1, 4096)
+        check_windows("TransformerLM", self.seq_lens, self.batch_sizes, self.max_tokens)
         check_interval("TransformerLM.init_scale", self.init_scale, 1e-4, 100.0)
         check_choice("TransformerLM.dataset", self.dataset, VOCAB_SIZES)
 
     def sample_static(self, key):
         rng = host_rng(key)
-        return TransformerLMStatic(
-            num_layers=int(rng.choice(self.num_layers)),
-            width=int(rng.choice(self.widths)),
-            num_heads=int(rng.choice(self.num_heads)),
-            seq_len=int(rng.choice(self.seq_lens)),
-            batch_size=int(rng.choice(self.batch_sizes)),
-            dataset=self.dataset,
-        )
+        layers, width, heads = (int(rng.choice(v)) for v in (self.num_layers, self.widths, self.num_heads))
+        seq_len, batch_size = sample_window(rng, self.seq_lens, self.batch_sizes, self.max_tokens)
+        return TransformerLMStatic(layers, width, heads, seq_len, batch_size, self.dataset)
 
     def sample_dynamic(self, key, static):
         return {"init_scale": _nn.log_uniform(key, *self.init_scale)}
 
     def static_extremes(self):
-        def pick(f):
-            return TransformerLMStatic(f(self.num_layers), f(self.widths), f(self.num_heads), f(self.seq_lens),
-                                       f(self.batch_sizes), self.dataset)
-
-        return pick(min), pick(max)
+        (t_lo, b_lo), (t_hi, b_hi) = window_extremes(self.seq_lens, self.batch_sizes, self.max_tokens)
+        small = TransformerLMStatic(min(self.num_layers), min(self.widths), min(self.num_heads), t_lo, b_lo,
+                                    self.dataset)
+        large = TransformerLMStatic(max(self.num_layers), max(self.widths), max(self.num_heads), t_hi, b_hi,
+                                    self.dataset)
+        return small, large
 
     def describe(self, static):
         return (f"{static.dataset} L{static.num_layers} d{static.width} h{static.num_heads}, "
@@ -162,7 +167,10 @@ class TransformerLM(TaskFamily):
             k_qkv, k_proj, k_fc, k_out = jax.random.split(k, 4)
             blocks.append({
                 "ln1": _ln_init(d),
-                "attn": {"qkv": _nn.dense_init(k_qkv, d, 3 * d, scale), "proj": _nn.dense_init(k_proj, d, d, scale)},
+                "attn": {
+                    "qkv": _nn.dense_init(k_qkv, d, 3 * d, scale),  # (D, 3D) q, k, v
+                    "proj": _nn.dense_init(k_proj, d, d, scale),  # (D, D)
+                },
                 "ln2": _ln_init(d),
                 "fc": _nn.dense_init(k_fc, d, 4 * d, scale),
                 "fc_out": _nn.dense_init(k_out, 4 * d, d, scale),
