@@ -1,12 +1,14 @@
 """Helpers shared by the image and MNIST-1D task families (mlp, mlp_autoencoder, cnn, conv1d).
 
 Dataset names and their valid image sides, validation of the families' dataset fields, batch
-sampling from `lopt.data.device_arrays` (uint8 images become float32 in [0, 1] per batch), and
-host-side rejection sampling under a parameter budget.
+sampling from `lopt.data.device_arrays` (uint8 images become float32 in [0, 1] per batch),
+host-side rejection sampling under a budget, and the CPU-friendly conv and pooling layers.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -95,22 +97,72 @@ def sample_xy(key: jax.Array, arrays: dict, batch_size: int) -> tuple[jax.Array,
     return x.astype(jnp.float32), rows["y"].astype(jnp.int32)
 
 
-def check_budget(cls: str, max_params: int, smallest: int) -> None:
-    """``max_params`` must be positive and admit the smallest configuration of the space."""
-    check_range(f"{cls}.max_params", max_params, 1, 10**9)
-    if smallest > max_params:
+def fits(static: Any, max_params: int, max_macs: int) -> bool:
+    """Whether a static config is within both budgets (it has ``num_params()`` and ``macs()``)."""
+    return static.num_params() <= max_params and static.macs() <= max_macs
+
+
+def within_budget(cls: str, structures: Iterable[Any], max_params: int, max_macs: int) -> list:
+    """The structures within budget; `ConfigError` naming both budgets if there is none."""
+    check_range(f"{cls}.max_params", max_params, 1, 10**12)
+    check_range(f"{cls}.max_macs", max_macs, 1, 10**15)
+    structures = list(structures)
+    kept = [s for s in structures if fits(s, max_params, max_macs)]
+    if not kept:
+        params, macs = min(s.num_params() for s in structures), min(s.macs() for s in structures)
         raise ConfigError(
-            f"{cls}.max_params={max_params} is below the smallest configuration of the sampling "
-            f"space ({smallest} parameters): raise max_params or allow smaller sizes."
+            f"{cls}.max_params={max_params} and {cls}.max_macs={max_macs} exclude every configuration "
+            f"of the sampling space (the smallest have {params} parameters and {macs} multiply-adds "
+            "per batch): raise them or allow smaller sizes."
         )
+    return kept
 
 
-def sample_within_budget(draw: Callable[[], Any], count: Callable[[Any], int], max_params: int) -> Any:
-    """Draw static configs until one has at most ``max_params`` parameters (host-side rejection).
+def extremes(structures: list) -> tuple[Any, Any]:
+    """The structures with the fewest and the most parameters (ties: fewest / most multiply-adds)."""
+    cost = lambda s: (s.num_params(), s.macs())  # noqa: E731
+    return min(structures, key=cost), max(structures, key=cost)
 
-    The family's ``__post_init__`` checks that the smallest configuration fits, so this ends.
+
+def sample_within_budget(draw: Callable[[], Any], max_params: int, max_macs: int) -> Any:
+    """Draw static configs until one is within both budgets (host-side rejection sampling).
+
+    The family's ``__post_init__`` checks (`within_budget`) that some configuration fits.
     """
     while True:
         static = draw()
-        if count(static) <= max_params:
+        if fits(static, max_params, max_macs):
             return static
+
+
+def conv(p: dict, x: jax.Array, stride: int = 1) -> jax.Array:
+    """'SAME' convolution, channels last, as one matmul over extracted patches (im2col).
+
+    The same function as `lopt.tasks._nn.conv` (x (B, *spatial, C_in) -> (B, ⌈spatial/stride⌉,
+    C_out), weights (*kernel, C_in, C_out)), but XLA's CPU convolution is 10-70x slower than
+    this for the small channel counts here, mostly in the backward pass. Patches are gathered
+    by strided slicing, ordered (*kernel offset, C_in) like the reshaped weights.
+    """
+    *kernel, c_in, c_out = p["w"].shape
+    spatial = x.shape[1:-1]
+    out = [-(-n // stride) for n in spatial]  # ⌈n / stride⌉
+    pads = [max((o - 1) * stride + k - n, 0) for o, k, n in zip(out, kernel, spatial)]
+    x = jnp.pad(x, ((0, 0), *[(q // 2, q - q // 2) for q in pads], (0, 0)))  # TF 'SAME' split
+    cols = [
+        x[(slice(None), *[slice(o, o + (m - 1) * stride + 1, stride) for o, m in zip(offset, out)])]
+        for offset in itertools.product(*[range(k) for k in kernel])
+    ]  # each (B, *out, C_in)
+    patches = jnp.concatenate(cols, axis=-1)  # (B, *out, prod(kernel) C_in)
+    y = patches @ p["w"].reshape(math.prod(kernel) * c_in, c_out)  # (B, *out, C_out)
+    return y + p["b"][(None,) * (y.ndim - 1)]
+
+
+def max_pool(x: jax.Array) -> jax.Array:
+    """2x2 max pool, stride 2, 'SAME' (odd sides padded with -inf).
+
+    x (B, H, W, C) -> (B, ⌈H/2⌉, ⌈W/2⌉, C). A reshape and a max: on CPU its gradient is ~4x
+    faster than that of `jax.lax.reduce_window`.
+    """
+    b, h, w, c = x.shape
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+    return x.reshape(b, (h + 1) // 2, 2, (w + 1) // 2, 2, c).max(axis=(2, 4))

@@ -11,7 +11,8 @@ Weights are LeCun-normal times a dynamic init scale s ~ LogUniform(0.5, 2), bias
 
 Sampled: dataset, image side (8 / 14 / 28 for mnist and fashion_mnist; digits is 8x8), encoder
 depth and width (all encoder layers alike), bottleneck width, activation and batch size.
-Configurations above ``max_params`` are resampled.
+Configurations above ``max_params`` parameters or ``max_macs`` forward multiply-adds per batch
+are resampled.
 
 References: the MLP-autoencoder tasks of TaskSet (Metz et al. 2020, "Using a thousand
 optimization tasks to learn hyperparameter search strategies") and of learned_optimization
@@ -64,6 +65,11 @@ class MLPAutoencoderStatic:
         s = self.encoder_sizes
         return sum((a + 1) * b + a * (b + 1) for a, b in zip(s[:-1], s[1:]))
 
+    def macs(self) -> int:
+        """Forward multiply-adds of one batch: B · 2 Σ_l n_l n_{l+1} (encoder and decoder)."""
+        s = self.encoder_sizes
+        return self.batch_size * 2 * sum(a * b for a, b in zip(s[:-1], s[1:]))
+
 
 @dataclasses.dataclass(frozen=True)
 class MLPAutoencoder(TaskFamily):
@@ -79,7 +85,8 @@ class MLPAutoencoder(TaskFamily):
     activations: tuple[str, ...] = ACTIVATIONS  # hidden activations
     batch_sizes: tuple[int, ...] = (32, 64, 128, 256)  # examples per batch
     init_scale: tuple[float, float] = (0.5, 2.0)  # init-scale multiplier, log-uniform in [a, b]
-    max_params: int = 200_000  # configurations with more parameters are resampled
+    max_params: int = 200_000  # configs with more parameters are resampled
+    max_macs: int = 16_000_000  # configs with more forward multiply-adds per batch are resampled
 
     def __post_init__(self):
         _images.check_datasets("MLPAutoencoder.datasets", self.datasets, DATASETS)
@@ -90,18 +97,19 @@ class MLPAutoencoder(TaskFamily):
         check_subset("MLPAutoencoder.activations", self.activations, ACTIVATIONS)
         _images.check_values("MLPAutoencoder.batch_sizes", self.batch_sizes, 1, 4096)
         check_interval("MLPAutoencoder.init_scale", self.init_scale, 1e-3, 1e3)
-        smallest = min(s.num_params() for s in self._structures())
-        _images.check_budget("MLPAutoencoder", self.max_params, smallest)
+        _images.within_budget("MLPAutoencoder", self._structures(), self.max_params, self.max_macs)
 
     def _structures(self):
-        """Every (dataset, size, depth, width, bottleneck) structure of the space."""
+        """Every structure of the space (activation fixed: it changes neither size nor cost)."""
         for ds in self.datasets:
-            for size, depth, width, z in itertools.product(
-                _images.size_choices(ds, self.image_sizes), self.depths, self.widths, self.bottlenecks
+            for size, depth, width, z, bs in itertools.product(
+                _images.size_choices(ds, self.image_sizes),
+                self.depths,
+                self.widths,
+                self.bottlenecks,
+                self.batch_sizes,
             ):
-                yield MLPAutoencoderStatic(
-                    ds, size, (width,) * depth, z, self.activations[0], self.batch_sizes[0]
-                )
+                yield MLPAutoencoderStatic(ds, size, (width,) * depth, z, self.activations[0], bs)
 
     def sample_static(self, key):
         rng = host_rng(key)
@@ -118,19 +126,14 @@ class MLPAutoencoder(TaskFamily):
                 batch_size=_images.pick(rng, self.batch_sizes),
             )
 
-        return _images.sample_within_budget(draw, MLPAutoencoderStatic.num_params, self.max_params)
+        return _images.sample_within_budget(draw, self.max_params, self.max_macs)
 
     def sample_dynamic(self, key, static):
         return {"init_scale": _nn.log_uniform(key, *self.init_scale)}
 
     def static_extremes(self):
-        # Fewest / most parameters; the smallest also gets the smallest batch, the largest the largest.
-        fits = [s for s in self._structures() if s.num_params() <= self.max_params]
-        lo, hi = min(fits, key=MLPAutoencoderStatic.num_params), max(fits, key=MLPAutoencoderStatic.num_params)
-        return (
-            dataclasses.replace(lo, batch_size=min(self.batch_sizes)),
-            dataclasses.replace(hi, batch_size=max(self.batch_sizes)),
-        )
+        fits = _images.within_budget("MLPAutoencoder", self._structures(), self.max_params, self.max_macs)
+        return _images.extremes(fits)
 
     def describe(self, static):
         layers = "-".join(map(str, (*static.hidden, static.bottleneck, *static.hidden[::-1])))

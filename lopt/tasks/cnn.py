@@ -1,6 +1,6 @@
 """Small CNN classifiers on images (digits 8x8, MNIST and Fashion-MNIST at 14x14 or 28x28).
 
-Each of the 1-3 conv layers is a 3x3 'SAME' convolution with the sampled number of channels, the
+Each of the 2-3 (by default) conv layers is a 3x3 'SAME' convolution with the sampled number of channels, the
 sampled activation σ, and a 2x downsampling: either the convolution's stride 2, or a 2x2 max pool
 (stride 2, 'SAME') after σ. Then a global average pool over space and a dense head to 10 logits:
 
@@ -9,7 +9,9 @@ sampled activation σ, and a 2x downsampling: either the convolution's stride 2,
 
 Weights are LeCun-normal times a dynamic init scale s ~ LogUniform(0.5, 2), biases zero; the loss
 is the mean softmax cross-entropy, metrics add the accuracy. Each layer's channels are sampled
-independently. Configurations above ``max_params`` are resampled.
+independently. Configurations above ``max_params`` parameters or ``max_macs`` forward
+multiply-adds per batch are resampled (this keeps tasks at a few hundred Adam steps per second
+on 2 CPU cores; it mostly removes 28x28 max-pool nets with many channels and large batches).
 
 References: the conv-net task families of TaskSet (Metz et al. 2020, "Using a thousand
 optimization tasks to learn hyperparameter search strategies") and of learned_optimization
@@ -34,11 +36,6 @@ DOWNSAMPLES = ("stride", "pool")
 KERNEL = (3, 3)
 
 
-def max_pool(x: jax.Array) -> jax.Array:
-    """2x2 max pool with stride 2, 'SAME' padding: (B, H, W, C) -> (B, ⌈H/2⌉, ⌈W/2⌉, C)."""
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
-
-
 @dataclasses.dataclass(frozen=True)
 class CNNStatic:
     """Structure of one CNN classifier."""
@@ -52,12 +49,22 @@ class CNNStatic:
 
     def __post_init__(self):
         _images.check_static_data("CNNStatic", self.dataset, self.image_size, DATASETS)
-        check_range("CNNStatic.depth", len(self.channels), 1, 6)
+        check_range("CNNStatic.depth", len(self.channels), 1, 4)
         for c in self.channels:
             check_range("CNNStatic.channels", c, 1, 1024)
         check_choice("CNNStatic.downsample", self.downsample, DOWNSAMPLES)
         check_choice("CNNStatic.activation", self.activation, ACTIVATIONS)
         check_range("CNNStatic.batch_size", self.batch_size, 1, 4096)
+
+    def macs(self) -> int:
+        """Forward multiply-adds of one batch: B (Σ_l H_l² · 9 c_{l-1} c_l + 10 c_L), with H_l the
+        side of conv l's output (⌈H_{l-1}/2⌉ for a strided conv, H_{l-1} before a pool)."""
+        total, side, c = 0, self.image_size, (1, *self.channels)
+        for a, b in zip(c[:-1], c[1:]):
+            out = side if self.downsample == "pool" else -(-side // 2)
+            total += out * out * KERNEL[0] * KERNEL[1] * a * b
+            side = -(-side // 2)
+        return self.batch_size * (total + c[-1] * _images.NUM_CLASSES)
 
     def num_params(self) -> int:
         """Σ_l (9 c_{l-1} + 1) c_l with c_0 = 1, plus the head's (c_L + 1) · 10."""
@@ -74,13 +81,14 @@ class CNN(TaskFamily):
 
     datasets: tuple[str, ...] = DATASETS  # datasets to sample from (a subset of DATASETS)
     image_sizes: tuple[int, ...] = (14, 28)  # sides for mnist / fashion_mnist (digits: 8)
-    depths: tuple[int, ...] = (1, 2, 3)  # number of conv layers
+    depths: tuple[int, ...] = (2, 3)  # number of conv layers (1 learns little in 300 steps)
     channels: tuple[int, ...] = (4, 8, 16, 32)  # per-layer channel choices
     downsamples: tuple[str, ...] = DOWNSAMPLES  # "stride" and / or "pool"
     activations: tuple[str, ...] = ACTIVATIONS  # conv activations
     batch_sizes: tuple[int, ...] = (32, 64, 128)  # examples per batch
     init_scale: tuple[float, float] = (0.5, 2.0)  # init-scale multiplier, log-uniform in [a, b]
-    max_params: int = 200_000  # configurations with more parameters are resampled
+    max_params: int = 200_000  # configs with more parameters are resampled
+    max_macs: int = 6_000_000  # configs with more forward multiply-adds per batch are resampled
 
     def __post_init__(self):
         _images.check_datasets("CNN.datasets", self.datasets, DATASETS)
@@ -91,15 +99,16 @@ class CNN(TaskFamily):
         check_subset("CNN.activations", self.activations, ACTIVATIONS)
         _images.check_values("CNN.batch_sizes", self.batch_sizes, 1, 4096)
         check_interval("CNN.init_scale", self.init_scale, 1e-3, 1e3)
-        smallest = min(s.num_params() for s in self._structures())
-        _images.check_budget("CNN", self.max_params, smallest)
+        _images.within_budget("CNN", self._structures(), self.max_params, self.max_macs)
 
     def _structures(self):
-        """Every (dataset, size, channels) structure of the space (other fields fixed)."""
+        """Every structure of the space (the activation fixed: it changes neither size nor cost)."""
         data = [(ds, s) for ds in self.datasets for s in _images.size_choices(ds, self.image_sizes)]
-        for (ds, size), depth in itertools.product(data, self.depths):
+        for (ds, size), depth, down, bs in itertools.product(
+            data, self.depths, self.downsamples, self.batch_sizes
+        ):
             for chans in itertools.product(self.channels, repeat=depth):
-                yield CNNStatic(ds, size, chans, self.downsamples[0], self.activations[0], self.batch_sizes[0])
+                yield CNNStatic(ds, size, chans, down, self.activations[0], bs)
 
     def sample_static(self, key):
         rng = host_rng(key)
@@ -116,23 +125,14 @@ class CNN(TaskFamily):
                 batch_size=_images.pick(rng, self.batch_sizes),
             )
 
-        return _images.sample_within_budget(draw, CNNStatic.num_params, self.max_params)
+        return _images.sample_within_budget(draw, self.max_params, self.max_macs)
 
     def sample_dynamic(self, key, static):
         return {"init_scale": _nn.log_uniform(key, *self.init_scale)}
 
     def static_extremes(self):
-        # Fewest / most parameters (ties: image side); the cheapest structure also gets the
-        # smallest batch and strided convs, the costliest the largest batch and max pooling.
-        cost = lambda s: (s.num_params(), s.image_size)  # noqa: E731
-        fits = [s for s in self._structures() if s.num_params() <= self.max_params]
-        lo, hi = min(fits, key=cost), max(fits, key=cost)
-        cheap = "stride" if "stride" in self.downsamples else "pool"
-        dear = "pool" if "pool" in self.downsamples else "stride"
-        return (
-            dataclasses.replace(lo, downsample=cheap, batch_size=min(self.batch_sizes)),
-            dataclasses.replace(hi, downsample=dear, batch_size=max(self.batch_sizes)),
-        )
+        fits = _images.within_budget("CNN", self._structures(), self.max_params, self.max_macs)
+        return _images.extremes(fits)
 
     def describe(self, static):
         chans = "-".join(map(str, static.channels))
@@ -157,8 +157,8 @@ class CNN(TaskFamily):
         act, pool = _nn.ACTIVATIONS[task.static.activation], task.static.downsample == "pool"
         h = x
         for p in params["convs"]:
-            h = act(_nn.conv(p, h, stride=1 if pool else 2))  # (B, H', W', C_l)
-            h = max_pool(h) if pool else h  # (B, ⌈H'/2⌉, ⌈W'/2⌉, C_l)
+            h = act(_images.conv(p, h, stride=1 if pool else 2))  # (B, H', W', C_l)
+            h = _images.max_pool(h) if pool else h  # (B, ⌈H'/2⌉, ⌈W'/2⌉, C_l)
         return _nn.dense(params["head"], jnp.mean(h, axis=(1, 2)))  # (B, C_L) -> (B, 10)
 
     def loss(self, params, key, batch, task: Task):

@@ -7,7 +7,9 @@ is flattened and a dense head gives 10 logits:
     h_0 = x (B, 40, 1);  h_l = σ(conv_l(h_{l-1})) (B, ⌈40 / 2^l⌉, C);  logits = flat(h_L) W + b.
 
 Weights are LeCun-normal times a dynamic init scale s ~ LogUniform(0.5, 2), biases zero; the loss
-is the mean softmax cross-entropy, metrics add the accuracy.
+is the mean softmax cross-entropy, metrics add the accuracy. Configurations above ``max_params``
+parameters or ``max_macs`` forward multiply-adds per batch are resampled (this removes the widest,
+deepest nets with the largest kernels and batches).
 
 References: MNIST-1D and its reference conv net (Greydanus & Kobak 2024, "Scaling down deep
 learning with MNIST-1D": three stride-2 conv layers of 25 channels, kernels 5/3/3, a linear head
@@ -34,11 +36,11 @@ ACTIVATIONS = ("relu", "tanh", "gelu", "elu", "swish")
 class Conv1DStatic:
     """Structure of one 1-D conv net."""
 
+    dataset: str  # one of DATASETS
     channels: tuple[int, ...]  # output channels of each conv layer
     kernel_size: int  # width of every convolution kernel
     activation: str  # one of ACTIVATIONS
     batch_size: int  # examples per batch
-    dataset: str = "mnist1d"  # one of DATASETS
 
     def __post_init__(self):
         check_choice("Conv1DStatic.dataset", self.dataset, DATASETS)
@@ -60,6 +62,14 @@ class Conv1DStatic:
         conv = sum((self.kernel_size * a + 1) * b for a, b in zip(c[:-1], c[1:]))
         return conv + (self.out_length * c[-1] + 1) * _images.NUM_CLASSES
 
+    def macs(self) -> int:
+        """Forward multiply-adds of one batch: B (Σ_l L_l k c_{l-1} c_l + 10 L_out c_L), L_l = ⌈40 / 2^l⌉."""
+        total, length, c = 0, _images.MNIST1D_LENGTH, (1, *self.channels)
+        for a, b in zip(c[:-1], c[1:]):
+            length = -(-length // 2)
+            total += length * self.kernel_size * a * b
+        return self.batch_size * (total + length * c[-1] * _images.NUM_CLASSES)
+
 
 @dataclasses.dataclass(frozen=True)
 class Conv1D(TaskFamily):
@@ -74,6 +84,8 @@ class Conv1D(TaskFamily):
     activations: tuple[str, ...] = ACTIVATIONS  # conv activations
     batch_sizes: tuple[int, ...] = (32, 64, 128, 256)  # examples per batch
     init_scale: tuple[float, float] = (0.5, 2.0)  # init-scale multiplier, log-uniform in [a, b]
+    max_params: int = 200_000  # configs with more parameters are resampled
+    max_macs: int = 12_000_000  # configs with more forward multiply-adds per batch are resampled
 
     def __post_init__(self):
         _images.check_datasets("Conv1D.datasets", self.datasets, DATASETS)
@@ -83,36 +95,41 @@ class Conv1D(TaskFamily):
         check_subset("Conv1D.activations", self.activations, ACTIVATIONS)
         _images.check_values("Conv1D.batch_sizes", self.batch_sizes, 1, 4096)
         check_interval("Conv1D.init_scale", self.init_scale, 1e-3, 1e3)
+        _images.within_budget("Conv1D", self._structures(), self.max_params, self.max_macs)
+
+    def _structures(self):
+        """Every structure of the space (activation fixed: it changes neither size nor cost)."""
+        for ds, depth, width, k, bs in itertools.product(
+            self.datasets, self.depths, self.channels, self.kernel_sizes, self.batch_sizes
+        ):
+            yield Conv1DStatic(ds, (width,) * depth, k, self.activations[0], bs)
 
     def sample_static(self, key):
         rng = host_rng(key)
-        depth, width = _images.pick(rng, self.depths), _images.pick(rng, self.channels)
-        return Conv1DStatic(
-            channels=(width,) * depth,
-            kernel_size=_images.pick(rng, self.kernel_sizes),
-            activation=_images.pick(rng, self.activations),
-            batch_size=_images.pick(rng, self.batch_sizes),
-            dataset=_images.pick(rng, self.datasets),
-        )
+
+        def draw():
+            depth, width = _images.pick(rng, self.depths), _images.pick(rng, self.channels)
+            return Conv1DStatic(
+                dataset=_images.pick(rng, self.datasets),
+                channels=(width,) * depth,
+                kernel_size=_images.pick(rng, self.kernel_sizes),
+                activation=_images.pick(rng, self.activations),
+                batch_size=_images.pick(rng, self.batch_sizes),
+            )
+
+        return _images.sample_within_budget(draw, self.max_params, self.max_macs)
 
     def sample_dynamic(self, key, static):
         return {"init_scale": _nn.log_uniform(key, *self.init_scale)}
 
     def static_extremes(self):
-        structures = [
-            Conv1DStatic((width,) * depth, k, self.activations[0], self.batch_sizes[0])
-            for depth, width, k in itertools.product(self.depths, self.channels, self.kernel_sizes)
-        ]
-        lo = min(structures, key=Conv1DStatic.num_params)
-        hi = max(structures, key=Conv1DStatic.num_params)
-        return (
-            dataclasses.replace(lo, batch_size=min(self.batch_sizes)),
-            dataclasses.replace(hi, batch_size=max(self.batch_sizes)),
-        )
+        fits = _images.within_budget("Conv1D", self._structures(), self.max_params, self.max_macs)
+        return _images.extremes(fits)
 
     def describe(self, static):
         chans = "-".join(map(str, static.channels))
-        return f"{static.dataset}, conv1d {chans} k{static.kernel_size} {static.activation}, bs{static.batch_size}"
+        layers = f"conv1d {chans} k{static.kernel_size} {static.activation}"
+        return f"{static.dataset}, {layers}, bs{static.batch_size}"
 
     def load_data(self, static):
         return _images.load(static.dataset, None)
@@ -137,7 +154,7 @@ class Conv1D(TaskFamily):
         act = _nn.ACTIVATIONS[task.static.activation]
         h = x
         for p in params["convs"]:
-            h = act(_nn.conv(p, h, stride=2))  # (B, ⌈L/2⌉, C)
+            h = act(_images.conv(p, h, stride=2))  # (B, ⌈L/2⌉, C)
         return _nn.dense(params["head"], h.reshape(h.shape[0], -1))  # (B, L_out C) -> (B, 10)
 
     def loss(self, params, key, batch, task: Task):

@@ -7,7 +7,8 @@ is the mean softmax cross-entropy of the labels; metrics add the accuracy.
 
 Sampled: dataset, image side (8 / 14 / 28 for mnist and fashion_mnist; digits is 8x8), depth
 (number of hidden layers), width, activation and batch size. Configurations above ``max_params``
-are resampled.
+parameters or ``max_macs`` forward multiply-adds per batch are resampled (rejection sampling,
+so the largest nets are rarer than the lists suggest).
 
 References: the image-MLP task families of TaskSet (Metz et al. 2020, "Using a thousand
 optimization tasks to learn hyperparameter search strategies") and of learned_optimization
@@ -58,6 +59,11 @@ class MLPStatic:
         s = self.sizes
         return sum((a + 1) * b for a, b in zip(s[:-1], s[1:]))
 
+    def macs(self) -> int:
+        """Forward multiply-adds of one batch: B Σ_l n_l n_{l+1}."""
+        s = self.sizes
+        return self.batch_size * sum(a * b for a, b in zip(s[:-1], s[1:]))
+
 
 @dataclasses.dataclass(frozen=True)
 class MLP(TaskFamily):
@@ -72,7 +78,8 @@ class MLP(TaskFamily):
     activations: tuple[str, ...] = ACTIVATIONS  # hidden activations
     batch_sizes: tuple[int, ...] = (32, 64, 128, 256)  # examples per batch
     init_scale: tuple[float, float] = (0.5, 2.0)  # init-scale multiplier, log-uniform in [a, b]
-    max_params: int = 200_000  # configurations with more parameters are resampled
+    max_params: int = 200_000  # configs with more parameters are resampled
+    max_macs: int = 16_000_000  # configs with more forward multiply-adds per batch are resampled
 
     def __post_init__(self):
         _images.check_datasets("MLP.datasets", self.datasets, DATASETS)
@@ -82,15 +89,15 @@ class MLP(TaskFamily):
         check_subset("MLP.activations", self.activations, ACTIVATIONS)
         _images.check_values("MLP.batch_sizes", self.batch_sizes, 1, 4096)
         check_interval("MLP.init_scale", self.init_scale, 1e-3, 1e3)
-        _images.check_budget("MLP", self.max_params, min(s.num_params() for s in self._structures()))
+        _images.within_budget("MLP", self._structures(), self.max_params, self.max_macs)
 
     def _structures(self):
-        """Every (dataset, size, depth, width) structure of the space (activation and batch fixed)."""
+        """Every structure of the space (activation fixed: it changes neither size nor cost)."""
         for ds in self.datasets:
-            for size, depth, width in itertools.product(
-                _images.size_choices(ds, self.image_sizes), self.depths, self.widths
+            for size, depth, width, bs in itertools.product(
+                _images.size_choices(ds, self.image_sizes), self.depths, self.widths, self.batch_sizes
             ):
-                yield MLPStatic(ds, size, (width,) * depth, self.activations[0], self.batch_sizes[0])
+                yield MLPStatic(ds, size, (width,) * depth, self.activations[0], bs)
 
     def sample_static(self, key):
         rng = host_rng(key)
@@ -106,19 +113,14 @@ class MLP(TaskFamily):
                 batch_size=_images.pick(rng, self.batch_sizes),
             )
 
-        return _images.sample_within_budget(draw, MLPStatic.num_params, self.max_params)
+        return _images.sample_within_budget(draw, self.max_params, self.max_macs)
 
     def sample_dynamic(self, key, static):
         return {"init_scale": _nn.log_uniform(key, *self.init_scale)}
 
     def static_extremes(self):
-        # Fewest / most parameters; the smallest also gets the smallest batch, the largest the largest.
-        fits = [s for s in self._structures() if s.num_params() <= self.max_params]
-        lo, hi = min(fits, key=MLPStatic.num_params), max(fits, key=MLPStatic.num_params)
-        return (
-            dataclasses.replace(lo, batch_size=min(self.batch_sizes)),
-            dataclasses.replace(hi, batch_size=max(self.batch_sizes)),
-        )
+        fits = _images.within_budget("MLP", self._structures(), self.max_params, self.max_macs)
+        return _images.extremes(fits)
 
     def describe(self, static):
         hidden = "-".join(map(str, static.hidden))
@@ -148,4 +150,3 @@ class MLP(TaskFamily):
             "loss": _nn.softmax_cross_entropy(logits, batch["y"]),
             "accuracy": _nn.accuracy(logits, batch["y"]),
         }
-

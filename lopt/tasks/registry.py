@@ -7,8 +7,12 @@ restrict the space, e.g. ``TASKS["mlp"](datasets=("fashion_mnist",))``.
 from __future__ import annotations
 
 from lopt.tasks.base import TaskFamily
+from lopt.tasks.autoencoder import MLPAutoencoder
+from lopt.tasks.cnn import CNN
+from lopt.tasks.conv1d import Conv1D
 from lopt.tasks.flow import Flow
 from lopt.tasks.functions2d import Functions2D
+from lopt.tasks.mlp import MLP
 from lopt.tasks.quadratic import Quadratic
 from lopt.tasks.regression import LinearRegression, LogisticRegression
 from lopt.tasks.rnn_lm import RNNLM
@@ -21,6 +25,10 @@ TASKS: dict[str, type[TaskFamily]] = {
     "functions2d": Functions2D,
     "linear_regression": LinearRegression,
     "logistic_regression": LogisticRegression,
+    "mlp": MLP,
+    "mlp_autoencoder": MLPAutoencoder,
+    "cnn": CNN,
+    "conv1d": Conv1D,
     "vae": VAE,
     "flow": Flow,
     "rnn_lm": RNNLM,
