@@ -50,7 +50,7 @@ class Suite:
         """The (family, dataset) pairs this suite can sample (dataset "-" for procedural tasks)."""
         out = set()
         for family in self.families():
-            datasets = getattr(family, "datasets", None) or ("-",)
+            datasets = getattr(family, "datasets", None) or (getattr(family, "dataset", "-"),)
             out.update((family.name, d) for d in datasets)
         return out
 
