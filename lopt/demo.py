@@ -78,6 +78,7 @@ def run_demo(out: str = "runs/demo", steps: int = 1000, seeds: int = 3, seed: in
             "best_lr": cfg.learning_rates[best],
             "test_loss": float(np.median(m["test"]["loss"][best])),
             "test_accuracy": float(np.median(m["test"]["accuracy"][best])) if "accuracy" in m["test"] else None,
+            "valid_loss_per_lr": [float(v) for v in valid],
             "test_loss_per_lr": [float(np.median(v)) for v in m["test"]["loss"]],
             "seconds": seconds,
             "steps_per_second": len(cfg.learning_rates) * cfg.seeds * cfg.steps / seconds,
