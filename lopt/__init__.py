@@ -7,8 +7,13 @@ from lopt.evaluate import Curves as Curves
 from lopt.evaluate import evaluate as evaluate
 from lopt.evaluate import evaluate_hparams as evaluate_hparams
 from lopt.optimizers import BASELINES as BASELINES
+from lopt.optimizers import LEARNED as LEARNED
+from lopt.optimizers import LearnedOptimizer as LearnedOptimizer
 from lopt.optimizers import get_baseline as get_baseline
+from lopt.optimizers import get_learned as get_learned
+from lopt.optimizers import load_theta as load_theta
 from lopt.optimizers import lookahead as lookahead
+from lopt.optimizers import save_theta as save_theta
 from lopt.tasks import SPLITS as SPLITS
 from lopt.tasks import Task as Task
 from lopt.tasks import TaskConfig as TaskConfig

@@ -180,3 +180,71 @@ def test_jitted_step_compiles_once_and_matches_scan(name):
     assert len(traces) == 1, f"{name}: the jitted step was traced {len(traces)} times in 5 calls"
     x_scan = jax.jit(lambda: minimize(opt, quadratic, _X0, 5))()
     np.testing.assert_allclose(np.asarray(x_scan), np.asarray(x), rtol=1e-6, atol=1e-7)
+
+
+# --- learned optimizers ----------------------------------------------------------------------------
+# Every registered learned optimizer joins twice: at its initial theta (``init(key)``) and at a random
+# theta (init + N(0, 1) noise on every entry of theta, far beyond an ES perturbation). Their factories
+# ignore hparams: a learned optimizer has none for the user.
+#
+# What they must satisfy, and why it differs from the hand-designed ones above:
+# * everything structural, exactly as above, at both thetas: state structure, shapes and dtypes stable
+#   in float32 and bfloat16, extra args accepted, one trace for repeated jitted steps, `lax.scan`
+#   equal to the jitted loop (`test_learned_structural` runs the tests above on them);
+# * at the initial theta, progress, not convergence: an untrained learned optimizer takes steps of
+#   about c_step = 1e-3 per parameter (Metz et al. 2020's small output scale), so 300 steps cannot
+#   cross the quadratic's distance of 2. It must cut the quadratic's loss by 20% in 300 steps -- alone,
+#   inside `optax.chain(clip, ·)` and inside Lookahead -- and halve Rosenbrock's in 5000 steps;
+# * at a random theta, an optimizer is an arbitrary learned dynamical system that may well ascend: it
+#   must stay finite (params and loss) over the same runs.
+from lopt.optimizers.learned import LEARNED  # noqa: E402
+
+
+def _random_theta(theta):
+    leaves, treedef = jax.tree.flatten(theta)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    return jax.tree.unflatten(treedef, [x + jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+
+
+def _learned_factory(name: str, which: str) -> Factory:
+    learned = LEARNED[name]()
+    theta = learned.init(jax.random.key(0))
+    theta = theta if which == "init" else _random_theta(theta)
+    return lambda hp=None: learned.transform(theta)
+
+
+LEARNED_OPTIMIZERS: list[tuple[str, Factory]] = [
+    (f"{name}@{which}", _learned_factory(name, which)) for name in LEARNED for which in ("init", "random")
+]
+LEARNED_NAMES = [name for name, _ in LEARNED_OPTIMIZERS]
+FACTORIES.update(LEARNED_OPTIMIZERS)
+TEST_HPARAMS.update({name: {"quadratic": {}, "rosenbrock": {}} for name in LEARNED_NAMES})
+
+
+@pytest.mark.parametrize("name", LEARNED_NAMES)
+def test_learned_structural(name):
+    for dtype in (jnp.float32, jnp.bfloat16):
+        test_state_and_dtypes_stable(name, dtype)
+    test_extra_args_accepted(name)
+    test_jitted_step_compiles_once_and_matches_scan(name)
+
+
+@pytest.mark.parametrize("name", LEARNED_NAMES)
+def test_learned_progress_or_finite(name):
+    opt = FACTORIES[name](None)
+    runs = jax.jit(
+        lambda: {
+            "quadratic": minimize(opt, quadratic, _X0, QUAD_STEPS),
+            "chain": minimize(optax.chain(optax.clip_by_global_norm(1.0), opt), quadratic, _X0, QUAD_STEPS),
+            "lookahead": minimize(lookahead(opt, k=5, alpha=0.5), quadratic, _X0, QUAD_STEPS),
+            "rosenbrock": minimize(opt, rosenbrock, jnp.array([-1.2, 1.0]), ROSEN_STEPS),
+        }
+    )()
+    for kind, x in runs.items():
+        f = rosenbrock if kind == "rosenbrock" else quadratic
+        start = 24.2 if kind == "rosenbrock" else float(quadratic(_X0))
+        loss = float(f(x))
+        assert bool(jnp.all(jnp.isfinite(x))) and np.isfinite(loss), f"{name} on {kind}: not finite ({x})"
+        if name.endswith("@init"):
+            bound = 0.5 * start if kind == "rosenbrock" else 0.8 * start
+            assert loss < bound, f"{name} on {kind}: loss {loss:.3g} from {start:.3g}, needed < {bound:.3g}"

@@ -1,0 +1,277 @@
+r"""`hierarchical`: Metz et al. 2020's optimizer -- a per-tensor LSTM feeding a per-parameter MLP.
+
+Each step, per tensor k (all in float32):
+
+1. Dynamic gradient clipping: g ← clip(g, ±10·ĉ), ĉ a bias-corrected running average (decay
+   0.99) of √(mean over tensors of mean g²) of past clipped gradients.
+2. Accumulators and normalized per-parameter features x̂, exactly as in `mlp` (`features`).
+3. The LSTM's input z_k: clipped log-magnitudes and signs of the means, and clipped log
+   variances, of the momenta, second moments and parameters; clipped log-norms of g and θ;
+   rank (±1 for scalar) and log-shape (4 dims); the training- and validation-loss features; and
+   the message μ. (h_k, c_k) ← LSTM(z_k, h_k, c_k).
+4. Message: μ ← mean_k (W_μ h_k + b_μ), read by every tensor's LSTM at the next step
+   (DeepSets-style communication between tensors).
+5. The per-parameter MLP of `mlp`, whose per-tensor inputs are the step embedding, clipped
+   log‖θ_k‖, log n_k, log(#tensors) and the LSTM's output W_h h_k + b_h, which all enter the
+   first layer's bias: u = −d·exp(s·c_exp)·c_step.
+
+Loss features. ``update(..., loss=, valid_loss=)``: the training loss updates a running mean and
+variance (decay 0.9, bias-corrected) and the feature is its z-score clipped to ±5; a validation
+loss updates its own running mean (decay 0.95) and the feature is that mean's z-score against
+the training-loss statistics (the generalization gap in units of training-loss noise). Pass
+``valid_loss`` whenever the loop has a fresh one; without it (None, or a non-finite value such as
+``jnp.where(fresh, v, jnp.nan)`` inside `lax.scan`) each feature holds its last value, 0 at the start.
+
+Differences from the reference (learned_optimization's rnn_mlp_lopt): no per-parameter MLP →
+LSTM message (it would add 16 outputs per parameter); the MLP lacks log|θ|; smaller widths
+(LSTM 32, MLP (4, 4)) and fewer timescales by default, for speed; a linear skip initialized to the
+Adam-like feature (see `mlp`); features normalized with a tiny ε so small gradients are normalized
+too; the validation loss arrives as a keyword of ``update`` rather than a separate call.
+
+Invariances: none to gradient scale, by design (the LSTM sees log-norms, the clipping is
+absolute); the update is equivariant to reordering the tensors of the tree and to permuting the
+entries within a tensor.
+
+State per parameter: ``len(mom_decays) + len(rms_decays)`` float32 (default 4 + 2 = 6; the
+reference: 10); per tensor: the LSTM's (h, c); global: the message, clip and loss statistics.
+
+References: Metz, Maheswaranathan, Freeman, Poole, Sohl-Dickstein 2020, "Tasks, stability,
+architecture, and compute: Training more effective learned optimizers, and using them to train
+themselves", arXiv:2009.11243.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.optimizers.learned import features as F
+from lopt.optimizers.learned.base import LearnedOptimizer, Theta, as_f32
+from lopt.optimizers.learned.mlp import init_accumulators, rebuild, skip_init, tensor_update
+
+LSTM_STAT_NAMES = (
+    "mean_m_mag", "mean_m_sign", "var_m", "mean_v_mag", "mean_v_sign", "var_v",
+    "mean_p_mag", "mean_p_sign", "var_p", "norm_g", "norm_p", "is_scalar",
+    "shape0", "shape1", "shape2", "shape3", "train_loss", "valid_loss",
+)  # fmt: skip
+MLP_TENSOR_NAMES = tuple(f"step_tanh{t:g}" for t in F.STEP_TIMESCALES) + ("norm_p", "log_n", "log_tensors")
+CLIP_DECAY, CLIP_MULT = 0.99, 10.0
+TRAIN_DECAY, VALID_DECAY = 0.9, 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class HierarchicalConfig:
+    """Static architecture of `HierarchicalOptimizer`."""
+
+    mom_decays: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)  # momentum timescales; 1 float/param each
+    rms_decays: tuple[float, ...] = (0.99, 0.999)  # second-moment timescales; 1 float/param each
+    hidden: tuple[int, ...] = (4, 4)  # per-parameter MLP widths (the reference: (32, 32))
+    lstm_hidden: int = 32  # per-tensor LSTM width (the reference: 64)
+    message_size: int = 16  # size of the message averaged over tensors (the reference: 18)
+    step_mult: float = 1e-3  # c_step: the typical step per parameter of an untrained optimizer
+    exp_mult: float = 1e-3  # c_exp: magnitude output scale inside exp
+    out_scale: float = 0.01  # init std of the MLP's output layer relative to the skip's unit weight
+
+    @property
+    def spec(self) -> F.FeatureSpec:
+        return F.FeatureSpec(self.mom_decays, self.rms_decays)
+
+
+class HierarchicalState(NamedTuple):
+    """State of the `hierarchical` optimizer."""
+
+    count: jax.Array  # int32 scalar: steps taken
+    moms: tuple  # params-like float32 trees, one per momentum decay
+    rmss: tuple  # params-like float32 trees, one per rms decay
+    lstm_h: jax.Array  # (tensors, lstm_hidden) LSTM output
+    lstm_c: jax.Array  # (tensors, lstm_hidden) LSTM cell
+    message: jax.Array  # (message_size,) mean over tensors of the last LSTM projection
+    clip_ema: jax.Array  # scalar: running average of gradient RMS (un-bias-corrected)
+    train_stats: jax.Array  # (3,): running mean, variance, count of the training loss
+    valid_stats: jax.Array  # (2,): running mean, count of the validation loss
+    loss_feats: jax.Array  # (2,): the last training- and validation-loss features
+
+
+def shape_features(shape: tuple[int, ...]) -> np.ndarray:
+    """(5,): rank feature (+1 scalar, −1 otherwise) and log of the last 4 dims (leading ones merged), −1."""
+    dims = [1] * 4 + list(shape)
+    dims = [math.prod(dims[: len(dims) - 3])] + dims[len(dims) - 3 :]
+    return np.asarray([1.0 if len(shape) == 0 else -1.0] + [math.log(d) - 1.0 for d in dims], np.float32)
+
+
+def lstm_cell(theta: dict, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A standard LSTM cell over a batch of tensors: x (T, I), h and c (T, H)."""
+    gates = x @ theta["wx"] + h @ theta["wh"] + theta["b"][None, :]  # (T, 4H)
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return h, c
+
+
+def stat_triple(mean: jax.Array, mean_sq: jax.Array) -> list[jax.Array]:
+    """Clipped log|mean|, sign(mean), clipped log var, from the mean and the mean square."""
+    var = jnp.maximum(mean_sq - mean * mean, 0.0)
+    return [F.clip_log_abs(mean), jnp.sign(mean), F.clip_log_abs(var)]
+
+
+def loss_features(state: HierarchicalState, loss: Any, valid_loss: Any) -> tuple[jax.Array, ...]:
+    """(train_stats, valid_stats, loss_feats) after this step's optional losses."""
+    loss, has_loss = F.fresh(loss)
+    valid, has_valid = F.fresh(valid_loss)
+    t_mean, t_var, t_count = state.train_stats[0], state.train_stats[1], state.train_stats[2]
+    n_mean, n_var = F.ema_update(t_mean, t_var, loss, TRAIN_DECAY)
+    t_mean, t_var = jnp.where(has_loss, n_mean, t_mean), jnp.where(has_loss, n_var, t_var)
+    t_count = t_count + has_loss.astype(jnp.float32)
+    cor_mean, cor_var = F.debias(t_mean, TRAIN_DECAY, t_count), F.debias(t_var, TRAIN_DECAY, t_count)
+    v_mean, v_count = state.valid_stats[0], state.valid_stats[1]
+    v_mean = jnp.where(has_valid, VALID_DECAY * v_mean + (1.0 - VALID_DECAY) * valid, v_mean)
+    v_count = v_count + has_valid.astype(jnp.float32)
+    train_feat = jnp.where(has_loss, F.zscore(loss, cor_mean, cor_var), state.loss_feats[0])
+    valid_now = F.zscore(F.debias(v_mean, VALID_DECAY, v_count), cor_mean, cor_var)
+    valid_feat = jnp.where(has_valid & (t_count > 0), valid_now, state.loss_feats[1])
+    return (
+        jnp.stack([t_mean, t_var, t_count]),
+        jnp.stack([v_mean, v_count]),
+        jnp.stack([train_feat, valid_feat]),
+    )
+
+
+class HierarchicalOptimizer(LearnedOptimizer):
+    """Per-tensor LSTM + per-parameter MLP (Metz et al. 2020); see the module docstring."""
+
+    name = "hierarchical"
+    version = 1
+    config_class = HierarchicalConfig
+
+    def lstm_inputs(self) -> int:
+        return len(LSTM_STAT_NAMES) + self.config.message_size
+
+    def mlp_inputs(self) -> int:
+        return self.config.spec.count + len(MLP_TENSOR_NAMES)
+
+    def state_floats_per_param(self) -> int:
+        return self.config.spec.state_floats
+
+    def init(self, key: jax.Array) -> Theta:
+        cfg = self.config
+        k_lstm_x, k_lstm_h, k_mlp, k_to_mlp, k_msg, k_msg0 = jax.random.split(key, 6)
+        hl = cfg.lstm_hidden
+        lstm = {
+            "wx": F.dense_init(k_lstm_x, self.lstm_inputs(), 4 * hl)["w"],
+            "wh": F.dense_init(k_lstm_h, hl, 4 * hl)["w"],
+            "b": jnp.zeros((4 * hl,), jnp.float32),
+        }
+        return {
+            "lstm": lstm,
+            "to_mlp": F.dense_init(k_to_mlp, hl, cfg.hidden[0]),
+            "to_message": F.dense_init(k_msg, hl, cfg.message_size),
+            "message0": 0.1 * jax.random.normal(k_msg0, (cfg.message_size,), jnp.float32),
+            "mlp": F.mlp_init(k_mlp, self.mlp_inputs(), cfg.hidden, cfg.out_scale),
+            "skip": skip_init(cfg.spec),
+        }
+
+    def transform(self, theta: Theta) -> optax.GradientTransformationExtraArgs:
+        cfg, spec = self.config, self.config.spec
+        k, hl = len(cfg.mom_decays), cfg.lstm_hidden
+
+        def init_fn(params: Any) -> HierarchicalState:
+            moms, rmss = init_accumulators(spec, params)
+            t = len(jax.tree.leaves(params))
+            return HierarchicalState(
+                count=jnp.zeros([], jnp.int32),
+                moms=moms,
+                rmss=rmss,
+                lstm_h=jnp.zeros((t, hl), jnp.float32),
+                lstm_c=jnp.zeros((t, hl), jnp.float32),
+                message=jnp.asarray(theta["message0"], jnp.float32),
+                clip_ema=jnp.asarray(1.0 - CLIP_DECAY, jnp.float32),
+                train_stats=jnp.zeros((3,), jnp.float32),
+                valid_stats=jnp.zeros((2,), jnp.float32),
+                loss_feats=jnp.zeros((2,), jnp.float32),
+            )
+
+        def update_fn(grads: Any, state: HierarchicalState, params: Any = None, *, loss=None, valid_loss=None, **extra):
+            del extra
+            if params is None:
+                raise ValueError("the hierarchical learned optimizer needs params: call update(grads, state, params).")
+            train_stats, valid_stats, loss_feats = loss_features(state, loss, valid_loss)
+            g_leaves, p_leaves = jax.tree.leaves(grads), jax.tree.leaves(params)
+            acc_leaves = list(zip(*[jax.tree.leaves(t) for t in state.moms + state.rmss]))
+            num_tensors = len(g_leaves)
+            # 1. dynamic gradient clipping against the running gradient RMS
+            t_clip = (state.count + 1).astype(jnp.float32)
+            clip = state.clip_ema / (1.0 - jnp.power(jnp.float32(CLIP_DECAY), t_clip)) * CLIP_MULT
+            per_tensor, lstm_x, mean_sq = [], [], []
+            for g, p, acc in zip(g_leaves, p_leaves, acc_leaves):
+                g32, p32 = jnp.clip(as_f32(g), -clip, clip), as_f32(p)
+                moms, rmss = F.update_accumulators(spec, g32, acc[:k], acc[k:])
+                feats = F.param_features(g32, p32, moms, rmss)
+                n = max(g.size, 1)
+                # Σ min(g², clip²) = Σ clip(g)², written apart from g32 so it is not a shared temporary
+                mean_g2 = jnp.sum(jnp.minimum(as_f32(g) * as_f32(g), clip * clip)) / n
+                second = F.second_moments(g32, p32, moms, rmss, mean_g2)  # (F,) mean x_f²: g², θ², m_i², ...
+                mean_m = sum(jnp.sum(m) for m in moms) / (n * k)
+                mean_m2 = jnp.sum(second[2 : 2 + k]) / k
+                mean_v = sum(jnp.sum(v) for v in rmss) / (n * len(rmss))
+                mean_v2 = sum(F.dot_self(v) for v in rmss) / (n * len(rmss))
+                norm_p = F.clip_log_abs(jnp.sqrt(second[1] * n))
+                z = [
+                    *stat_triple(mean_m, mean_m2),
+                    *stat_triple(mean_v, mean_v2),
+                    *stat_triple(jnp.sum(p32) / n, second[1]),
+                    F.clip_log_abs(jnp.sqrt(mean_g2 * n)),
+                    norm_p,
+                    *jnp.asarray(shape_features(jnp.shape(g))),
+                ]
+                lstm_x.append(jnp.stack(z))
+                mean_sq.append(mean_g2)
+                per_tensor.append((feats, F.scales(second), moms, rmss, norm_p, math.log(n)))
+            # 3. the per-tensor LSTM, batched over tensors
+            x = jnp.concatenate(
+                [
+                    jnp.stack(lstm_x),  # (T, 16)
+                    jnp.broadcast_to(loss_feats, (num_tensors, 2)),
+                    jnp.broadcast_to(state.message, (num_tensors, cfg.message_size)),
+                ],
+                axis=1,
+            )  # (T, lstm_inputs)
+            h, c = lstm_cell(theta["lstm"], x, state.lstm_h, state.lstm_c)  # (T, Hl) each
+            # 4. the message for the next step, and 5. the LSTM's per-tensor inputs to the MLP
+            message = jnp.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], axis=0)  # (M,)
+            to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
+            emb = F.step_embedding(state.count)
+            log_tensors = jnp.full((1,), math.log(max(num_tensors, 1)), jnp.float32)
+            updates, new_m, new_v = [], [], []
+            for i, ((feats, scale, moms, rmss, norm_p, log_n), p) in enumerate(zip(per_tensor, p_leaves)):
+                tensor_inputs = jnp.concatenate([emb, jnp.stack([norm_p, jnp.float32(log_n)]), log_tensors])
+                updates.append(
+                    tensor_update(
+                        theta["mlp"], theta["skip"], feats, scale, tensor_inputs,
+                        cfg.step_mult, cfg.exp_mult, p.dtype, extra_bias=to_mlp[i],
+                    )
+                )  # fmt: skip
+                new_m.append(moms)
+                new_v.append(rmss)
+            avg_sq = sum(mean_sq) / max(num_tensors, 1)
+            clip_ema = state.clip_ema * CLIP_DECAY + jnp.sqrt(1e-8 + avg_sq) * (1.0 - CLIP_DECAY)
+            new_state = HierarchicalState(
+                count=optax.safe_int32_increment(state.count),
+                moms=tuple(rebuild(state.moms[j], [m[j] for m in new_m]) for j in range(k)),
+                rmss=tuple(rebuild(state.rmss[j], [v[j] for v in new_v]) for j in range(len(cfg.rms_decays))),
+                lstm_h=h,
+                lstm_c=c,
+                message=message,
+                clip_ema=clip_ema,
+                train_stats=train_stats,
+                valid_stats=valid_stats,
+                loss_feats=loss_feats,
+            )
+            return rebuild(grads, updates), new_state
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
