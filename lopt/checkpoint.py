@@ -1,0 +1,520 @@
+"""Atomic checkpoints of a meta-training run's outer state, with its resolved config and step.
+
+    path = save(directory, step, outer_state, config, keep=3)       # ckpt_{step:08d}.safetensors
+    state, config, step = restore(path, template)                   # template: e.g. a fresh init
+    restored = restore_latest(directory, template, expect_config=config)   # None when there is none
+
+The state is any pytree of arrays (NamedTuples, registered dataclasses, dicts, lists; numpy or jax
+arrays, typed PRNG key arrays, Python scalars). One checkpoint is one safetensors file: each leaf
+is a tensor named by its tree path (`jax.tree_util.keystr`, e.g. ``.theta['w']``; a typed key is
+stored as its `jax.random.key_data`), and the header's ``__metadata__`` holds
+
+    format="lopt.checkpoint", format_version, lopt_version, step, config (JSON),
+    prng_keys (JSON: leaf name -> key implementation), sha256
+
+where ``sha256`` covers the canonical JSON of the rest of the header followed by the whole tensor
+payload, so corruption is detected even when the file still parses. Restoring gives arrays that
+are bitwise identical to the saved ones (bfloat16, NaN payloads and key bits included), with the
+template's structure and leaf types, which is what makes a resumed run match an uninterrupted one.
+
+Atomicity: a checkpoint is written to a hidden temp file in the same directory, flushed and
+fsynced, renamed over its final name (`os.replace`), and the directory is fsynced. A process
+killed at any moment leaves either the complete file or none under the final name; its temp file
+is ignored by `list_checkpoints` and removed by the next `save`. Only `save` deletes anything:
+checkpoints beyond the last ``keep``, never the one it just wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+FORMAT = "lopt.checkpoint"
+FORMAT_VERSION = "1"
+_NAME = re.compile(r"ckpt_(\d{8,})\.safetensors")
+_TEMP = re.compile(r"\.ckpt_\d+\.safetensors\.tmp\.(\d+)\.[0-9a-f]+")
+_ROOT = "<root>"  # tensor name of a state that is a single array (keystr gives "")
+_MAX_HEADER = 100_000_000  # bytes; the safetensors library's own limit
+
+# safetensors dtype codes <-> numpy dtypes (bfloat16 and float8 are ml_dtypes', via jax.numpy).
+_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(jnp.bfloat16), "F8_E4M3": np.dtype(jnp.float8_e4m3fn),
+    "F8_E5M2": np.dtype(jnp.float8_e5m2), "C64": np.dtype(np.complex64),
+    "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8), "U64": np.dtype(np.uint64), "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}  # fmt: skip
+_CODES = {dtype: code for code, dtype in _DTYPES.items()}
+
+
+class CheckpointError(Exception):
+    """A checkpoint file cannot be restored; ``path`` names the file and ``cause`` says why."""
+
+    def __init__(self, path: str | os.PathLike, cause: str):
+        self.path, self.cause = os.fspath(path), cause
+        super().__init__(f"checkpoint {self.path}: {cause}")
+
+
+# ----------------------------------------------------------------------------------------- listing
+
+
+def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
+    """The final file name of the checkpoint of ``step`` in ``directory``."""
+    return Path(directory) / f"ckpt_{step:08d}.safetensors"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """The checkpoints in ``directory`` sorted by step (temp files are not listed)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(directory) if (m := _NAME.fullmatch(name))]
+    return [directory / name for _, name in sorted(found)]
+
+
+def latest(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest step in ``directory``, or None."""
+    paths = list_checkpoints(directory)
+    return paths[-1] if paths else None
+
+
+# ------------------------------------------------------------------------------------------ saving
+
+
+def _leaf_name(path: tuple) -> str:
+    return jax.tree_util.keystr(path) or _ROOT
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_host(state: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors by leaf name in tree order, key implementation by leaf name)."""
+    named = jax.tree_util.tree_flatten_with_path(state)[0]
+    names = [_leaf_name(path) for path, _ in named]
+    keys = {name: str(jax.random.key_impl(x)) for name, (_, x) in zip(names, named) if _is_key(x)}
+    leaves = [jax.random.key_data(x) if name in keys else x for name, (_, x) in zip(names, named)]
+    tensors = {}
+    for name, x in zip(names, jax.device_get(leaves)):
+        array = np.asarray(x)
+        array = array if array.flags.c_contiguous else array.copy(order="C")
+        if array.dtype not in _CODES:
+            raise ValueError(
+                f"state leaf {name} has dtype {array.dtype}, which a checkpoint cannot store; "
+                f"supported: {sorted(str(d) for d in _CODES)} and typed PRNG keys."
+            )
+        tensors[name] = array
+    return tensors, keys
+
+
+def _bytes(array: np.ndarray) -> np.ndarray:
+    return array.reshape(-1).view(np.uint8)  # the raw little-endian bytes, without a copy
+
+
+def _canonical(header: dict) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _encode_header(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[list[str], bytes]:
+    """(tensor names in payload order, the header bytes including their 8-byte length prefix)."""
+    # Widest items first, like the safetensors library, so every tensor is aligned in the file.
+    order = sorted(tensors, key=lambda name: (-tensors[name].dtype.itemsize, name))
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name in order:
+        array = tensors[name]
+        header[name] = {"dtype": _CODES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}  # fmt: skip
+        offset += array.nbytes
+    digest = hashlib.sha256(_canonical(header))
+    for name in order:
+        digest.update(_bytes(tensors[name]))
+    header["__metadata__"]["sha256"] = digest.hexdigest()
+    text = json.dumps(header, sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)  # pad so the payload starts 8-byte aligned
+    return order, len(text).to_bytes(8, "little") + text
+
+
+def _config_json(config: Any) -> str:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    try:
+        return json.dumps(config, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the config to checkpoint is not JSON-serializable: {err}") from None
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms that cannot open directories (Windows) have no directory fsync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    """Delete temp files of processes that no longer run (a live one may be writing its own)."""
+    for name in os.listdir(directory):
+        if (m := _TEMP.fullmatch(name)) and int(m.group(1)) != os.getpid():
+            try:
+                os.kill(int(m.group(1)), 0)  # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                (directory / name).unlink(missing_ok=True)
+            except OSError:  # PermissionError: it exists, under another user
+                pass
+
+
+def save(
+    directory: str | os.PathLike, step: int, state: Any, config: Any = None, keep: int | None = 3
+) -> Path:
+    """Atomically write ``state``, ``config`` and ``step`` to ``directory/ckpt_{step:08d}.safetensors``.
+
+    Args:
+      directory: created if missing.
+      step: the outer step the state is at (an int >= 0); a checkpoint of the same step is replaced.
+      state: a pytree of arrays, typed PRNG keys and Python scalars.
+      config: the resolved config, JSON-serializable (a dict; a dataclass is converted with
+        `dataclasses.asdict`).
+      keep: how many checkpoints to keep, the highest steps (None keeps all). The one just
+        written is never deleted.
+
+    Returns:
+      The path of the written checkpoint.
+    """
+    step = int(step)
+    if step < 0:
+        raise ValueError(f"step={step} is negative.")
+    if keep is not None and keep < 1:
+        raise ValueError(f"keep={keep} must be at least 1 (or None to keep every checkpoint).")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(directory)
+    tensors, keys = _to_host(state)
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "lopt_version": _lopt_version(),
+        "step": str(step),
+        "config": _config_json(config),
+        "prng_keys": json.dumps(keys, sort_keys=True),
+    }
+    order, header = _encode_header(tensors, metadata)
+    final = checkpoint_path(directory, step)
+    temp = directory / f".{final.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        with open(temp, "xb") as f:
+            f.write(header)
+            f.writelines(_bytes(tensors[name]) for name in order)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(directory)
+    if keep is not None:
+        for old in list_checkpoints(directory)[:-keep]:
+            if old != final:
+                old.unlink(missing_ok=True)
+    return final
+
+
+def _lopt_version() -> str:
+    try:
+        return importlib.metadata.version("lopt")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------- restoring
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, tensors by name) of a checkpoint file, validated down to its checksum."""
+    try:
+        with open(path, "rb") as f:
+            return _parse(path, f)
+    except OSError as err:
+        raise CheckpointError(path, f"cannot be read: {err.strerror or err}") from None
+
+
+def _parse(path: Path, f: BinaryIO) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """`_read` of an open file: the header, then the layout, then every tensor and the checksum."""
+    size = os.fstat(f.fileno()).st_size
+    if size < 8:
+        raise CheckpointError(path, f"truncated: {size} bytes, less than the 8-byte header length")
+    n = int.from_bytes(f.read(8), "little")
+    if n > _MAX_HEADER:
+        raise CheckpointError(path, f"bad header: its length field says {n} bytes; not a checkpoint")
+    if 8 + n > size:
+        raise CheckpointError(path, f"truncated: the header needs {8 + n} bytes, the file has {size}")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(path, f"bad header: not valid JSON ({err})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+        raise CheckpointError(path, "bad header: no __metadata__; not a lopt checkpoint")
+    metadata = header["__metadata__"]
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(path, f"not a lopt checkpoint: its metadata has no format={FORMAT!r}")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            path,
+            f"format version mismatch: the file has version {metadata.get('format_version')!r} "
+            f"(written by lopt {metadata.get('lopt_version')}), this lopt reads version {FORMAT_VERSION}",
+        )
+    specs = _tensor_specs(path, header)
+    payload = size - 8 - n
+    expected = specs[-1][3] if specs else 0
+    if payload < expected:
+        raise CheckpointError(
+            path, f"truncated: the header describes {expected} bytes of tensors, the file holds {payload}"
+        )
+    if payload > expected:
+        raise CheckpointError(path, f"corrupt: {payload - expected} unexpected bytes after the tensors")
+    recorded = metadata.pop("sha256", None)
+    digest = hashlib.sha256(_canonical(header))
+    tensors = {}
+    for name, dtype, shape, _ in specs:
+        array = np.empty(shape, dtype)
+        if f.readinto(memoryview(_bytes(array))) != array.nbytes:
+            raise CheckpointError(path, "truncated: the file shrank while it was being read")
+        digest.update(_bytes(array))
+        tensors[name] = array
+    if recorded != digest.hexdigest():
+        raise CheckpointError(
+            path,
+            f"checksum mismatch: the contents are corrupt (sha256 {digest.hexdigest()}, recorded {recorded})",
+        )
+    return metadata, tensors
+
+
+def _tensor_specs(path: Path, header: dict) -> list[tuple[str, np.dtype, tuple[int, ...], int]]:
+    """(name, dtype, shape, end offset) of each tensor in payload order; the layout is checked."""
+    specs = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape = _DTYPES[info["dtype"]], tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(path, f"bad header: tensor {name} has an invalid entry {info!r}") from None
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise CheckpointError(
+                path, f"bad header: tensor {name}'s offsets do not match its shape and dtype"
+            )
+        specs.append((begin, name, dtype, shape, end))
+    specs.sort()
+    position = 0
+    for begin, name, _, _, end in specs:
+        if begin != position:
+            raise CheckpointError(
+                path, f"bad header: tensor {name} does not start where the previous one ends"
+            )
+        position = end
+    return [(name, dtype, shape, end) for _, name, dtype, shape, end in specs]
+
+
+def _template_spec(leaf: Any) -> tuple[tuple[int, ...], str]:
+    if isinstance(leaf, jax.ShapeDtypeStruct | jax.Array | np.ndarray | np.generic):
+        return tuple(leaf.shape), str(leaf.dtype)
+    array = np.asarray(leaf)
+    return array.shape, str(array.dtype)
+
+
+def _weakly_typed(array: np.ndarray) -> jax.Array:
+    """``array`` as a weakly typed jax array (as made from Python scalars), bits unchanged.
+
+    A weak leaf restored as a strong one would promote differently (``weak f32 * bf16`` is bf16,
+    ``f32 * bf16`` is f32) and break exact resumption; lax.full_like keeps a weak template's type.
+    """
+    zero = {"f": 0.0, "i": 0, "u": 0, "c": 0j, "b": False}[array.dtype.kind]
+    weak = jax.vmap(lambda v: lax.full_like(jnp.asarray(zero), v))(jnp.asarray(array).reshape(-1))
+    return weak.reshape(array.shape) if weak.dtype == array.dtype else jnp.asarray(array)
+
+
+def _restore_leaf(leaf: Any, array: np.ndarray, key_impl: str | None) -> Any:
+    if key_impl is not None:
+        return jax.random.wrap_key_data(array, impl=key_impl)
+    if isinstance(leaf, jax.ShapeDtypeStruct | jax.Array):
+        return _weakly_typed(array) if getattr(leaf, "weak_type", False) else jnp.asarray(array)
+    if isinstance(leaf, np.ndarray):
+        return array
+    if isinstance(leaf, np.generic):
+        return array[()]
+    return type(leaf)(array.item())  # Python bool / int / float / complex
+
+
+def _check_leaves(path: Path, names: list[str], template_leaves: list, tensors: dict, keys: dict) -> None:
+    missing = [n for n in names if n not in tensors]
+    extra = [n for n in tensors if n not in set(names)]
+    if missing or extra:
+        raise CheckpointError(
+            path,
+            f"does not match the template's structure: missing leaves {missing}, unexpected leaves {extra}",
+        )
+    problems = []
+    for name, leaf in zip(names, template_leaves):
+        shape, dtype = _template_spec(leaf)
+        array = tensors[name]
+        if name in keys:
+            data = jax.ShapeDtypeStruct(array.shape, array.dtype)
+            try:
+                key = jax.eval_shape(lambda d, impl=keys[name]: jax.random.wrap_key_data(d, impl=impl), data)
+            except (ValueError, TypeError) as err:  # an unknown implementation, key data of a wrong shape
+                raise CheckpointError(
+                    path, f"leaf {name} holds PRNG key data this jax cannot wrap: {err}"
+                ) from None
+            found_dtype, found_shape = str(key.dtype), key.shape
+        else:
+            found_dtype, found_shape = str(array.dtype), array.shape
+        if (found_shape, found_dtype) != (shape, dtype):
+            problems.append(f"{name}: expected {dtype}{list(shape)}, found {found_dtype}{list(found_shape)}")
+    if problems:
+        raise CheckpointError(path, "does not match the template: " + "; ".join(problems))
+
+
+def _flat_config(config: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dict -> {dotted key: JSON of the value}."""
+    if isinstance(config, dict) and config:
+        out = {}
+        for k, v in config.items():
+            out.update(_flat_config(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1] or "<config>": json.dumps(config, sort_keys=True)}
+
+
+def _check_config(path: Path, saved: Any, expected: Any) -> None:
+    a, b = _flat_config(saved), _flat_config(json.loads(_config_json(expected)))
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if k not in a:
+            diffs.append(f"{k} (not in the checkpoint; expected {b[k]})")
+        elif k not in b:
+            diffs.append(f"{k} (checkpoint has {a[k]}; not expected)")
+        elif a[k] != b[k]:
+            diffs.append(f"{k} (checkpoint has {a[k]}, expected {b[k]})")
+    if diffs:
+        raise CheckpointError(path, "config mismatch in keys: " + "; ".join(diffs))
+
+
+def restore(path: str | os.PathLike, template: Any, *, expect_config: Any = None) -> tuple[Any, Any, int]:
+    """(state, config, step) from the checkpoint at ``path``.
+
+    Args:
+      path: a file written by `save`.
+      template: a pytree with the expected structure, leaf shapes and dtypes: a freshly initialized
+        state, or its `jax.eval_shape`. The restored state has the template's structure; a leaf is a
+        jax array where the template has a jax array or ShapeDtypeStruct (weak type kept), a numpy
+        array or scalar where it has one, a Python scalar where it has one.
+      expect_config: if given, the saved config must equal it (after a JSON round trip).
+
+    Raises:
+      CheckpointError: naming the file and the cause (truncated, bad header, checksum mismatch,
+        format version, missing or unexpected leaves, shape or dtype per leaf, config keys).
+    """
+    path = Path(path)
+    metadata, tensors = _read(path)
+    try:
+        config, step = json.loads(metadata["config"]), int(metadata["step"])
+        keys = json.loads(metadata["prng_keys"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(path, f"bad header: unreadable metadata ({err})") from None
+    if expect_config is not None:
+        _check_config(path, config, expect_config)
+    named, treedef = jax.tree_util.tree_flatten_with_path(template)
+    names = [_leaf_name(p) for p, _ in named]
+    template_leaves = [leaf for _, leaf in named]
+    _check_leaves(path, names, template_leaves, tensors, keys)
+    leaves = [_restore_leaf(leaf, tensors[n], keys.get(n)) for n, leaf in zip(names, template_leaves)]
+    return jax.tree_util.tree_unflatten(treedef, leaves), config, step
+
+
+def restore_latest(
+    directory: str | os.PathLike, template: Any, *, expect_config: Any = None
+) -> tuple[Any, Any, int] | None:
+    """`restore` of the latest checkpoint in ``directory``; None when there is none.
+
+    A corrupt latest checkpoint raises `CheckpointError` rather than silently falling back; the
+    message names the previous checkpoint, which is untouched.
+    """
+    paths = list_checkpoints(directory)
+    if not paths:
+        return None
+    try:
+        return restore(paths[-1], template, expect_config=expect_config)
+    except CheckpointError as err:
+        if len(paths) == 1:
+            raise
+        hint = f". The previous checkpoint {paths[-2]} is untouched: move this file away to resume from it"
+        raise CheckpointError(err.path, err.cause + hint) from None
+
+
+# ----------------------------------------------------------------------------------------- manager
+
+
+@dataclasses.dataclass
+class CheckpointManager:
+    """When to checkpoint a training loop: every ``every_steps`` steps or ``every_minutes`` minutes.
+
+    Example::
+
+        manager = CheckpointManager(directory, every_steps=1000, every_minutes=30)
+        restored = manager.restore_latest(init_state, expect_config=config)
+        state, start = (init_state, 0) if restored is None else (restored[0], restored[2])
+        for step in range(start + 1, num_steps + 1):
+            state = outer_step(state)
+            if manager.should_save(step) or step == num_steps:
+                manager.save(step, state, config)
+    """
+
+    directory: str | os.PathLike  # where ckpt_{step:08d}.safetensors files go
+    every_steps: int | None = None  # save when step % every_steps == 0; None: not by steps
+    every_minutes: float | None = None  # save when this long passed since the last save; None: not by time
+    keep: int | None = 3  # checkpoints kept (the latest ones); None keeps all
+    last_step: int | None = None  # step of the last save (or restore)
+    last_time: float = dataclasses.field(default_factory=time.monotonic)  # time.monotonic() of it
+
+    def should_save(self, step: int, now: float | None = None) -> bool:
+        """Whether ``step`` is due (never the step last saved or restored); ``now``: time.monotonic()."""
+        if step == self.last_step:
+            return False
+        now = time.monotonic() if now is None else now
+        by_steps = self.every_steps is not None and step % self.every_steps == 0
+        by_time = self.every_minutes is not None and now - self.last_time >= 60 * self.every_minutes
+        return by_steps or by_time
+
+    def save(self, step: int, state: Any, config: Any = None, now: float | None = None) -> Path:
+        """`save` into the directory, and remember the step and time."""
+        path = save(self.directory, step, state, config, keep=self.keep)
+        self.last_step, self.last_time = int(step), time.monotonic() if now is None else now
+        return path
+
+    def restore_latest(self, template: Any, *, expect_config: Any = None) -> tuple[Any, Any, int] | None:
+        """`restore_latest` from the directory; a restored step counts as saved."""
+        restored = restore_latest(self.directory, template, expect_config=expect_config)
+        if restored is not None:
+            self.last_step, self.last_time = restored[2], time.monotonic()
+        return restored
