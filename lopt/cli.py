@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Annotated
 
 import tyro
 from rich.console import Console
 from rich.table import Table
+
+from lopt.config import MetaTrainConfig
+from lopt.report import EvalConfig
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -77,10 +81,59 @@ def demo(out: str = "runs/demo", steps: int = 1000, seeds: int = 3, seed: int = 
     run_demo(out=out, steps=steps, seeds=seeds, seed=seed)
 
 
+def eval_(cfg: Annotated[EvalConfig, tyro.conf.arg(name="")] = EvalConfig()) -> None:
+    """Run optimizers on a task suite (tuned baselines, Lookahead study) and write a report.
+
+    Outputs go to <out>/<name>/: report.html, report.md, figures/*.png, results.csv (one row per task,
+    optimizer, seed, step), final.csv, config.json, timings.json. Tuned runs are cached (--cache).
+    Optimizer names: adam-lr-global, adam-lr-per-task, adam8p-per-task, nadamw-list, nadamw-list-first1,
+    lookahead-adam-lr-per-task, any baseline name (its defaults), or <baseline>-lr-per-task / -lr-global.
+    """
+    from lopt.report import run_eval
+
+    run_eval(cfg, console=console)
+
+
+def report(run: str = "runs/eval", /) -> None:
+    """Re-render the report of a `lopt eval` run from its config.json and the cache (trains nothing).
+
+    Args:
+        run: the run directory (<out>/<name> of `lopt eval`).
+    """
+    from lopt.report import load_config, run_eval
+
+    run_eval(load_config(run), require_cache=True, console=console)
+
+
+def meta_train(
+    cfg: Annotated[MetaTrainConfig, tyro.conf.arg(name="")] = MetaTrainConfig(), config: str = ""
+) -> None:
+    """Meta-train a learned optimizer (PES over task groups by default), with checkpoints and resume.
+
+    Outputs go to <out>/: config.json, metrics.jsonl, tb/ (TensorBoard, if tensorboardX is installed),
+    checkpoints/, theta.safetensors. --resume continues exactly from the latest checkpoint.
+
+    Args:
+        config: a JSON file of config values (a flat object, or a run's config.json); flags given
+            explicitly on the command line override it.
+    """
+    from lopt.checkpoint import CheckpointError
+    from lopt.config import explicit_flags, resolve
+    from lopt.meta_train import meta_train as run
+
+    try:
+        run(resolve(cfg, config, explicit_flags(sys.argv[1:])), console=console)
+    except CheckpointError as e:  # --resume of a mismatched or damaged checkpoint: the message says which
+        sys.exit(f"lopt meta-train: {e}")
+
+
 COMMANDS: dict[str, dict[str, Callable]] = {
     "data": {"fetch": data_fetch, "list": data_list},
     "tasks": {"list": tasks_list},
     "demo": {"": demo},
+    "eval": {"": eval_},
+    "report": {"": report},
+    "meta-train": {"": meta_train},
 }
 
 

@@ -1,0 +1,177 @@
+"""Frozen configuration dataclasses: one field = one CLI flag, each with a one-line comment.
+
+    cfg = MetaTrainConfig(family="quadratic", space='{"dims": [10]}', num_steps=300)
+    cfg = resolve(cfg, "run.json", explicit={"num_steps"})   # a config file under explicit flags
+
+`lopt meta-train` is `tyro` over `MetaTrainConfig`; ``--config path.json`` reads a file of field
+values (a flat JSON object, or the ``config.json`` a run writes), and flags given explicitly on
+the command line override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from lopt.validate import ConfigError, check_choice, check_range
+
+OUTER_ADAMW = "adamw"
+
+# Fields that say where and how often to save: they do not change the trajectory of theta, so a
+# resumed run may change them (every other field must match the checkpoint's config).
+RUN_CONTROL = ("out", "resume", "ckpt_every", "ckpt_minutes", "keep", "log_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainConfig:
+    """`lopt meta-train`: meta-train a learned optimizer with a gradient estimator over task groups."""
+
+    # --- what is learned ------------------------------------------------------------------------
+    learned: str = "mlp"  # learned optimizer to meta-train (mlp, hierarchical, adam_lr, sgdm)
+    # --- tasks ----------------------------------------------------------------------------------
+    suite: str = "train"  # meta-training task suite (lopt.tasks.suites); ignored with --family
+    family: str = ""  # meta-train on this one task family instead of the suite ("": the suite)
+    space: str = ""  # JSON kwargs restricting --family's sampling space, e.g. '{"dims": [10]}'
+    num_groups: int = 4  # G: static task groups sampled at the start; compile time grows with distinct ones
+    num_particles: int = 8  # P: tasks per group, vmapped (ES-type estimators run 2P unrolls); 8-32
+    # --- estimator ------------------------------------------------------------------------------
+    estimator: str = "pes"  # meta-gradient estimator: pes (default), nres, es (full unrolls), tbptt
+    truncation_length: int = 50  # K: inner steps per outer step and particle; 20-100
+    horizon: tuple[int, int] = (100, 1000)  # inner training lengths, log-uniform: the horizon learned for
+    sigma: float = 0.01  # σ: std of the ES perturbations of theta; ~1% of theta's scale
+    valid_every: int = 10  # E: inner steps between inner-valid losses fed to the optimizer
+    meta_split: str = "outer_valid"  # meta-loss split: outer_valid, or train (cheaper, rewards fitting)
+    meta_clip: float = 3.0  # normalized meta-loss (L/L0) clipped to [-c, c]; NaN/inf count as c
+    # --- outer optimizer ------------------------------------------------------------------------
+    outer_opt: str = OUTER_ADAMW  # adamw, or a learned optimizer name: theta is trained by that optimizer
+    outer_theta: str = ""  # theta file (save_theta) of a learned --outer-opt ("": its untrained init)
+    outer_lr: float = 3e-3  # AdamW peak learning rate (adamw only); 1e-3-1e-2 for the mlp optimizer
+    weight_decay: float = 0.0  # AdamW decoupled weight decay of theta (adamw only)
+    warmup: int = 50  # outer steps of linear learning-rate warmup before the cosine decay (adamw only)
+    clip: float = 1.0  # clip the meta-gradient to this global norm before the outer optimizer (0: off)
+    num_steps: int = 1000  # total outer steps (a resumed run continues up to it)
+    # --- evaluation -----------------------------------------------------------------------------
+    eval_every: int = 0  # outer steps between held-out evaluations, and one at the end (0: none)
+    eval_suite: str = "test"  # held-out tasks: a suite name, or "same": fresh tasks of the training distribution
+    eval_tasks: int = 2  # held-out tasks evaluated (the smallest of the suite, one per family)
+    eval_steps: int = 1000  # inner training steps of an evaluation run (compare with --horizon)
+    eval_seeds: int = 2  # seeds per held-out task, vmapped
+    # --- outputs --------------------------------------------------------------------------------
+    out: str = "runs/meta"  # output directory: config.json, metrics.jsonl, checkpoints/, theta.safetensors
+    log_every: int = 10  # outer steps between metric flushes (progress bar, metrics.jsonl, TensorBoard)
+    ckpt_every: int = 100  # outer steps between checkpoints (0: not by steps)
+    ckpt_minutes: float = 10.0  # minutes between checkpoints (0: not by time); the last step is always saved
+    keep: int = 3  # checkpoints kept (the latest)
+    seed: int = 0  # seed of task groups, theta's init and every random draw of the run
+    resume: bool = False  # continue from the latest checkpoint in <out>/checkpoints (same config)
+
+    def __post_init__(self):
+        from lopt.estimators.registry import ESTIMATORS
+        from lopt.optimizers.learned.registry import LEARNED
+        from lopt.tasks.registry import TASKS
+        from lopt.tasks.suites import SUITES
+
+        check_choice("learned", self.learned, LEARNED)
+        if self.family:
+            check_choice("family", self.family, TASKS)
+            self.family_space()  # validates the JSON
+        else:
+            check_choice("suite", self.suite, SUITES)
+            if self.space:
+                raise ConfigError("space is given without family: it restricts --family's sampling space.")
+        check_range("num_groups", self.num_groups, 1, 1000)
+        check_range("num_particles", self.num_particles, 1, 1_000_000)
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        check_range("truncation_length", self.truncation_length, 1, 1_000_000)
+        check_range("sigma", self.sigma, 1e-12, 1e6)
+        check_choice("outer_opt", self.outer_opt, (OUTER_ADAMW, *LEARNED))
+        if self.outer_theta and self.outer_opt == OUTER_ADAMW:
+            raise ConfigError("outer_theta is given but outer_opt=adamw: name the learned optimizer it belongs to.")
+        check_range("outer_lr", self.outer_lr, 0.0, 1e3)
+        check_range("weight_decay", self.weight_decay, 0.0, 1e3)
+        check_range("warmup", self.warmup, 0, 10_000_000)
+        check_range("clip", self.clip, 0.0, 1e30)
+        check_range("num_steps", self.num_steps, 1, 1_000_000_000)
+        check_range("eval_every", self.eval_every, 0, 1_000_000_000)
+        if self.eval_suite != "same":
+            check_choice("eval_suite", self.eval_suite, (*SUITES, "same"))
+        check_range("eval_tasks", self.eval_tasks, 1, 1000)
+        check_range("eval_steps", self.eval_steps, 1, 100_000_000)
+        check_range("eval_seeds", self.eval_seeds, 1, 10_000)
+        check_range("log_every", self.log_every, 1, 1_000_000_000)
+        check_range("ckpt_every", self.ckpt_every, 0, 1_000_000_000)
+        check_range("ckpt_minutes", self.ckpt_minutes, 0.0, 1e9)
+        check_range("keep", self.keep, 1, 1_000_000)
+
+    def family_space(self) -> dict[str, Any]:
+        """``space`` parsed: keyword arguments of the family (JSON lists become tuples)."""
+        if not self.space:
+            return {}
+        try:
+            space = json.loads(self.space)
+        except ValueError as err:
+            raise ConfigError(f"space={self.space!r} is not valid JSON: {err}") from None
+        if not isinstance(space, dict):
+            raise ConfigError(f"space={self.space!r} must be a JSON object of keyword arguments.")
+        return {k: _tuples(v) for k, v in space.items()}
+
+    def trajectory(self) -> dict[str, Any]:
+        """The fields that determine theta's trajectory (all but `RUN_CONTROL`): what a checkpoint
+        records and what a resumed run must match."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_CONTROL}
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists (nested) as tuples, so values are hashable like the dataclass defaults."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Field values from a JSON file: a flat object, or a run's ``config.json`` (``{"config": {...}}``)."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
+    except ValueError as err:
+        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+    if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
+        raw = raw["config"]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object of MetaTrainConfig fields.")
+    known = {f.name for f in dataclasses.fields(MetaTrainConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"config file {path} has unknown fields {unknown}; valid fields: {sorted(known)}.")
+    return {k: _tuples(v) for k, v in raw.items()}
+
+
+def resolve(cfg: MetaTrainConfig, config_file: str = "", explicit: set[str] = frozenset()) -> MetaTrainConfig:
+    """``cfg`` (parsed flags) on top of ``config_file``: a flag wins when it was given explicitly
+    (named in ``explicit``) or differs from its default; otherwise the file's value is used."""
+    if not config_file:
+        return cfg
+    defaults = MetaTrainConfig()
+    values = read_config_file(config_file)
+    for f in dataclasses.fields(MetaTrainConfig):
+        mine = getattr(cfg, f.name)
+        if f.name in explicit or mine != getattr(defaults, f.name):
+            values[f.name] = mine
+    return MetaTrainConfig(**values)
+
+
+def explicit_flags(argv: list[str]) -> set[str]:
+    """Field names of the ``--flag`` / ``--flag=value`` / ``--no-flag`` tokens in ``argv``."""
+    names = {f.name for f in dataclasses.fields(MetaTrainConfig)}
+    found = set()
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name in names:
+            found.add(name)
+        elif name.startswith("no_") and name[3:] in names:
+            found.add(name[3:])
+    return found

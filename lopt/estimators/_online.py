@@ -1,0 +1,87 @@
+r"""Online antithetic ES over truncations, shared by `pes` and `nres`.
+
+Both keep, per particle p, the perturbation ε_p applied in the current truncation and the sum ξ_p
+of the independent perturbations the particle's *current episode* has been trained with. A
+truncation's losses ℓ_{p,t} are functions of every perturbation applied earlier in the episode,
+so (Vicol et al. 2021, with antithetic pairs) the unbiased per-step weight is that sum:
+
+.. math::
+    \hat g = \frac{1}{P}\sum_p \frac{1}{2\sigma^2 K}\sum_{t=1}^{K} w_{p,t}\,
+             \big(\ell^{+}_{p,t} - \ell^{-}_{p,t}\big),\qquad
+    w_{p,t} = \begin{cases} \xi_p & \text{t in the episode that was running at the start} \\
+                            \epsilon_p & \text{t in an episode that began in this truncation}\end{cases}
+
+ℓ± from θ ± ε_p (same task, batches and restarts: resets do not depend on theta). After the
+truncation ξ_p ← ξ_p if no episode ended, ε_p if one began during it, 0 if the last one ended with
+the truncation's last step. The two estimators differ only in when a new ε is drawn:
+
+- PES draws a new ε_p every truncation: ξ accumulates one draw per truncation of the episode.
+- NRES draws a new ε_p only for a new episode (at the first truncation after one began) and
+  reuses it for all of that episode's truncations, so ξ_p holds at most two draws (the one in use
+  when the episode began mid-truncation, and its own). Reusing the noise keeps the estimator
+  unbiased and removes PES's variance growth with the number of truncations (Li et al. 2023).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt.estimators.base import (
+    GradientEstimator,
+    antithetic,
+    finite_mean,
+    scale_rows,
+    select_rows,
+    tree_normal,
+    unroll_metrics,
+)
+from lopt.unroll import UnrollState, first_segment
+
+
+class OnlineESState(NamedTuple):
+    """State of `pes` and `nres`."""
+
+    unroll: UnrollState  # (2P, ...): [θ + ε particles, then θ − ε particles]
+    accum: Any  # (P, ...) theta-like ξ: sum of the perturbations the current episode has seen
+    noise: Any  # (P, ...) theta-like ε: the perturbation applied in the last truncation
+    redraw: jax.Array  # (P,) bool: draw a new ε at the next truncation (NRES; PES always draws)
+
+
+def online_init(est: GradientEstimator, theta) -> OnlineESState:
+    p = est.num_particles
+    inner = est.unroller.init(theta, 2 * p)  # not started: each begins an episode at its first step
+    zeros = jax.tree.map(lambda x: jnp.zeros((p, *jnp.shape(x)), jnp.result_type(x)), theta)
+    return OnlineESState(inner, zeros, zeros, jnp.ones((p,), bool))
+
+
+def online_estimate(
+    est: GradientEstimator, key, theta, state: OnlineESState, hparams, data, reuse_noise: bool
+):
+    unroller = est.unroller
+    data = unroller.data() if data is None else data
+    p, k, sigma = est.num_particles, est.truncation_length, hparams["sigma"]
+    k_noise, k_unroll = jax.random.split(key)
+    draw = jax.tree.map(lambda z: sigma * z, tree_normal(k_noise, theta, p))  # (P, ...)
+    redraw = state.redraw if reuse_noise else jnp.ones((p,), bool)  # (P,)
+    noise = select_rows(redraw, draw, state.noise)
+    accum = select_rows(redraw, jax.tree.map(jnp.add, state.accum, draw), state.accum)  # ξ including ε
+    thetas = antithetic(theta, noise)  # (2P, ...)
+    inner, out = unroller.unroll(k_unroll, state.unroll, thetas, k, theta_axis=0, antithetic=True, data=data)
+
+    diff = out.meta_loss[:, :p] - out.meta_loss[:, p:]  # (K, P): ℓ+ − ℓ−
+    done = out.done[:, :p]  # (K, P), equal for both members of a pair
+    first = first_segment(done)  # (K, P)
+    c = 1.0 / (2.0 * sigma**2 * k)
+    a = jnp.sum(jnp.where(first, diff, 0.0), axis=0) * c  # (P,) weight of ξ
+    b = jnp.sum(jnp.where(first, 0.0, diff), axis=0) * c  # (P,) weight of ε (episodes begun here)
+    grads = jax.tree.map(jnp.add, scale_rows(a, accum), scale_rows(b, noise))  # (P, ...)
+    grad, zeroed = finite_mean(grads)
+
+    ended, ended_last = jnp.any(done, axis=0), done[-1]  # (P,), (P,)
+    zeros = jax.tree.map(jnp.zeros_like, noise)
+    new_accum = select_rows(ended, select_rows(ended_last, zeros, noise), accum)
+    new_state = OnlineESState(inner, new_accum, noise, ended)
+    return grad, new_state, unroll_metrics(out, zeroed)

@@ -1,0 +1,182 @@
+r"""The `GradientEstimator` contract and helpers shared by the estimators.
+
+    est = ESTIMATORS["pes"](learned, family, static, num_particles=8, truncation_length=50)
+    hparams = est.default_hparams()                       # {"sigma": 0.01}: numbers, vmappable
+    state = est.init(key_init, theta, hparams)
+    meta_grad, state, metrics = est.estimate(key, theta, state, hparams)   # jit this
+    updates, outer_state = outer_opt.update(meta_grad, outer_state, theta)
+
+Every estimator is a frozen dataclass of static structure (hashable: pass it to `jax.jit` as a
+static argument, or close over it) with the same constructor fields, so code never branches on
+names. ``estimate`` is pure: a function of (key, theta, state, hparams) only, with no host
+randomness and no Python loop over steps or particles, so the whole of it jits as one program and
+the same key gives the same meta-gradient, bitwise.
+
+Non-finite estimates never reach theta: each particle's contribution to the meta-gradient that is
+NaN or infinite is replaced by zero (the mean still divides by P) and counted in
+``metrics["num_zeroed"]``. The meta-losses are finite by construction (`lopt.unroll`: a non-finite
+loss becomes the clip value), and ``metrics["num_nonfinite"]`` counts the unrolls whose raw losses
+were not. Metrics (all scalar arrays):
+
+- ``meta_loss``: mean normalized meta-loss over the truncation's steps and unrolls;
+- ``num_nonfinite``: unrolls with a non-finite training or meta-loss in this truncation;
+- ``num_zeroed``: particles whose non-finite gradient contribution was replaced by zero;
+- ``num_resets``: episodes that ended during the truncation;
+- ``inner_steps``: inner steps computed (every unroll, both members of an antithetic pair).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from lopt.tasks.base import TaskFamily
+from lopt.unroll import Unroller, UnrollOutput
+from lopt.validate import check_range
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientEstimator(abc.ABC):
+    """Abstract: a meta-gradient estimator over truncated unrolls of one static task group.
+
+    Subclasses are final frozen dataclasses that add no fields; they set ``name`` and implement
+    `init` and `estimate`.
+    """
+
+    name: ClassVar[str]
+
+    learned: Any  # the learned optimizer: ``init(key) -> theta``, ``transform(theta) -> optax``
+    family: TaskFamily  # the task family
+    static: Any  # the static structure shared by every particle's task
+    num_particles: int = 8  # P: particles (tasks); ES, PES and NRES run each as an antithetic pair
+    truncation_length: int = 50  # K: inner steps per estimate (full-unroll ES: horizon[1] instead)
+    horizon: tuple[int, int] = (100, 1000)  # episode lengths, log-uniform between the bounds
+    valid_every: int = 10  # E: feed the inner-valid loss to the optimizer every E steps
+    meta_split: str = "outer_valid"  # meta-loss split: "outer_valid", or "train" (cheaper, biased to fit)
+    meta_clip: float = 3.0  # normalized meta-loss clipped to [-c, c]; NaN/inf become c
+    loss_reference: float = 0.0  # L_ref of the normalization (L − L_ref)/|L_0 − L_ref|
+    stagger: bool = True  # cut first episodes to random lengths so truncations are staggered
+
+    def __post_init__(self):
+        check_range(f"{self.name}.num_particles", self.num_particles, 1, 10_000_000)
+        check_range(f"{self.name}.truncation_length", self.truncation_length, 1, 10_000_000)
+        _ = self.unroller  # validates the unroll fields
+
+    @property
+    def unroller(self) -> Unroller:
+        """The `Unroller` these fields describe."""
+        return Unroller(
+            self.learned,
+            self.family,
+            self.static,
+            horizon=tuple(self.horizon),
+            valid_every=self.valid_every,
+            meta_split=self.meta_split,
+            meta_clip=self.meta_clip,
+            loss_reference=self.loss_reference,
+            stagger=self.stagger,
+        )
+
+    def default_hparams(self) -> dict[str, jax.Array]:
+        """Numeric hyperparameters (a dict of float32 scalars; vmappable). ES family: σ."""
+        return {"sigma": jnp.float32(0.01)}  # σ: std of the Gaussian perturbations of theta
+
+    def num_unrolls(self) -> int:
+        """Inner trainings run side by side: 2P for antithetic estimators, P otherwise."""
+        return 2 * self.num_particles
+
+    def inner_steps_per_estimate(self) -> int:
+        """Inner steps one `estimate` computes (for throughput)."""
+        return self.num_unrolls() * self.truncation_length
+
+    @abc.abstractmethod
+    def init(self, key: jax.Array, theta: PyTree, hparams: dict) -> Any:
+        """The initial estimator state (a pytree of arrays; cheap: no task is built until the
+        first `estimate`)."""
+
+    @abc.abstractmethod
+    def estimate(
+        self, key: jax.Array, theta: PyTree, state: Any, hparams: dict, *, data: PyTree = None
+    ) -> tuple[PyTree, Any, dict[str, jax.Array]]:
+        """(meta_grad, new state, metrics).
+
+        ``meta_grad`` has theta's structure and estimates the gradient of the meta-loss, so
+        ``theta − lr · meta_grad`` lowers it (feed it to an optax outer optimizer as a gradient).
+        ``data``: ``self.unroller.data()``, passed as an argument of the caller's jitted function
+        so a large dataset is not embedded in the compiled program (default: loaded here and
+        closed over as a constant -- fine for data-free or small families).
+        """
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def tree_normal(key: jax.Array, tree: PyTree, num: int) -> PyTree:
+    """``num`` standard normal draws shaped like ``tree`` (leading axis ``num``).
+
+    One flat draw, unraveled: a single random-number site compiles much faster on CPU than one
+    per leaf.
+    """
+    flat, unravel = ravel_pytree(tree)
+    z = jax.random.normal(key, (num * flat.size,), flat.dtype).reshape(num, flat.size)  # (num, D)
+    return jax.vmap(unravel)(z)
+
+
+def broadcast(tree: PyTree, num: int) -> PyTree:
+    """``tree`` repeated along a new leading axis of length ``num``."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), tree)
+
+
+def scale_rows(weights: jax.Array, tree: PyTree) -> PyTree:
+    """Leaf (P, ...) times ``weights`` (P,), broadcast explicitly over the trailing axes."""
+    return jax.tree.map(
+        lambda x: x * weights.reshape(weights.shape + (1,) * (x.ndim - 1)).astype(x.dtype), tree
+    )
+
+
+def select_rows(mask: jax.Array, a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise where(mask, a, b) with ``mask`` (P,) over the leading axis."""
+    return jax.tree.map(lambda x, y: jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+
+
+def antithetic(theta: PyTree, noise: PyTree) -> PyTree:
+    """(2P, ...): [θ + ε_1, ..., θ + ε_P, θ − ε_1, ..., θ − ε_P] for ``noise`` (P, ...)."""
+    return jax.tree.map(lambda t, e: jnp.concatenate([t[None] + e, t[None] - e]), theta, noise)
+
+
+def finite_mean(grads: PyTree) -> tuple[PyTree, jax.Array]:
+    """Mean over the leading particle axis, each particle whose contribution has a non-finite entry
+    replaced by zero; returns (mean, number of particles zeroed)."""
+    leaves = jax.tree.leaves(grads)
+    num = leaves[0].shape[0]
+    ok = jnp.ones((num,), bool)
+    for x in leaves:
+        ok = ok & jnp.all(jnp.isfinite(x.reshape(num, -1)), axis=1)
+    clean = select_rows(ok, grads, jax.tree.map(jnp.zeros_like, grads))
+    mean = jax.tree.map(lambda x: jnp.sum(x, axis=0) / num, clean)
+    return mean, jnp.sum(~ok, dtype=jnp.int32)
+
+
+def unroll_metrics(
+    out: UnrollOutput, num_zeroed: jax.Array, mask: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """The metrics of an estimate from its unroll outputs (K, N); ``mask`` (K, N) selects the
+    steps that count for the meta-loss (default: all)."""
+    if mask is None:
+        meta_loss = jnp.mean(out.meta_loss)
+    else:
+        meta_loss = jnp.sum(jnp.where(mask, out.meta_loss, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+    return {
+        "meta_loss": meta_loss,
+        "num_nonfinite": jnp.sum(~jnp.all(out.finite, axis=0), dtype=jnp.int32),
+        "num_zeroed": num_zeroed,
+        "num_resets": jnp.sum(out.done, dtype=jnp.int32),
+        "inner_steps": jnp.int32(out.done.size),
+    }

@@ -1,0 +1,163 @@
+"""`lopt.report`: the tables carry the numbers of the results they were made from, every output file
+is written, the `lopt eval` driver wires searches, selection and the study together (with training
+replaced by synthetic results), and bad input gives messages that name the problem."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zlib
+
+import numpy as np
+import pytest
+from test_tuning import synthetic
+
+from lopt import report
+from lopt.cli import main
+from lopt.report import EvalConfig, Outcome, compare, report_blocks, to_markdown, write_report
+from lopt.tasks.suites import Suite, _entry
+from lopt.tuning import Method, Search
+
+
+def small_results():
+    """Two tasks; search "s" has 2 trials, search "one" 1 trial (diverged on t2). 2 seeds each."""
+    s = {
+        "t1": synthetic([[2.0, 2.0], [1.0, 1.0]], test=[[2.5, 2.5], [0.1, 0.1468]], task="t1"),
+        "t2": synthetic([[3.0, 3.0], [4.0, 4.0]], test=[[3.25, 3.75], [4.5, 4.5]], task="t2"),
+    }
+    one = {
+        "t1": synthetic([[1.5, 1.5]], test=[[0.4321, 0.4321]], task="t1", name="one"),
+        "t2": synthetic([[1.0, 1.0]], task="t2", name="one", diverged=[[4, 2]]),
+    }
+    results = {t: {"s": s[t], "one": one[t]} for t in ("t1", "t2")}
+    methods = [
+        Method("p", Search("s", None, {"learning_rate": np.array([0.1, 0.2])}), "per_task"),
+        Method("f", Search("one", None, {"_": np.zeros(1)}), "fixed"),
+    ]
+    return results, methods
+
+
+def test_markdown_tables_hold_the_numbers_of_the_results():
+    results, methods = small_results()
+    outcomes = compare(results, methods)
+    by = {(o.task, o.method): o for o in outcomes}
+    assert by["t1", "p"].trial == 1 and by["t1", "p"].test_loss == pytest.approx(0.1234)
+    assert by["t2", "p"].trial == 0 and by["t2", "p"].test_loss == pytest.approx(3.5)
+    assert by["t2", "f"].diverged and by["t2", "f"].norm_test == 2.0
+    md = to_markdown(report_blocks(EvalConfig(), methods, outcomes, {}, None, [], 1.0, {}))
+    assert "| t1 | 0.1234 | 0.4321 |" in md
+    assert "| t2 | 3.5 | diverged |" in md
+    assert "| t1 | p | 1 | learning_rate=0.2 |" in md
+    assert "| t2 | f | 0 | _=0 (diverged) |" in md  # the fixed setting failed there
+    # summary: normalized test loss per task. t1: L_best 0.1234 (p), init 10 -> p 0, f (0.4321-0.1234)/9.8766
+    f_t1 = (0.4321 - 0.1234) / (10 - 0.1234)
+    assert f"| f | {report.fmt((f_t1 + 2.0) / 2)} |" in md
+    assert "| f | " in md and "| 1 | 0/2 |" in md  # f: one diverged task, better than p on none
+
+
+def test_write_report_writes_every_file(tmp_path):
+    results, methods = small_results()
+    outcomes = compare(results, methods)
+    timings = [
+        {
+            "task": "t1",
+            "search": "s",
+            "runs": "2x2",
+            "compile_seconds": 1.5,
+            "run_seconds": 2.25,
+            "cached": False,
+        }
+    ]
+    summary = write_report(
+        str(tmp_path), EvalConfig(name="x"), methods, results, outcomes, None, timings, 3.0
+    )
+    for f in (
+        "report.md",
+        "report.html",
+        "results.csv",
+        "final.csv",
+        "summary.json",
+        "timings.json",
+        "figures/curves.png",
+        "figures/improvement.png",
+    ):
+        assert (tmp_path / f).stat().st_size > 0, f
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 2 * 5  # tasks x optimizers x seeds x (steps + 1)
+    last = [
+        r
+        for r in rows
+        if r["task"] == "t1" and r["optimizer"] == "p" and r["seed"] == "1" and r["step"] == "4"
+    ]
+    assert float(last[0]["test_loss"]) == pytest.approx(0.1468)
+    with open(tmp_path / "final.csv") as f:
+        final = list(csv.DictReader(f))
+    assert {(r["task"], r["optimizer"], r["seed"]) for r in final} == {
+        (t, m, s) for t in ("t1", "t2") for m in ("p", "f") for s in ("0", "1")
+    }
+    assert [r["diverged_step"] for r in final if r["task"] == "t2" and r["optimizer"] == "f"] == ["4", "2"]
+    html = (tmp_path / "report.html").read_text()
+    assert '<img src="figures/curves.png"' in html and "<td>0.1234</td>" in html
+    assert summary["improvement"]["p"]["f"] == pytest.approx([-(0.4321 - 0.1234) / 9.8766, -2.0 + 0.0])
+    assert "| t1 | s | 2x2 | 1.5 | 2.25 | no |" in (tmp_path / "report.md").read_text()
+
+
+def test_run_eval_driver_with_synthetic_training(tmp_path, monkeypatch):
+    suite = Suite(
+        "tiny", "", (_entry("quadratic", dims=(2,)), _entry("functions2d"), _entry("linear_regression"))
+    )
+    monkeypatch.setattr(report, "get_suite", lambda name: suite)
+    calls = []
+
+    def fake_run_search(task, search, *, num_steps, num_seeds, require_cache, **kw):
+        calls.append((task.name, search.name, require_cache))
+        rng = np.random.default_rng(zlib.crc32(f"{task.name}{search.name}".encode()))
+        valid = rng.uniform(1.0, 5.0, (search.num_trials, num_seeds))
+        return synthetic(valid, valid + 0.5, task=task.name, name=search.name)
+
+    monkeypatch.setattr(report, "run_search", fake_run_search)
+    monkeypatch.setattr(report, "compile_search", lambda task, search, **kw: (None, 0.0))
+    cfg = EvalConfig(
+        name="r",
+        out=str(tmp_path),
+        cache=str(tmp_path / "cache"),
+        steps=4,
+        eval_every=2,
+        seeds=2,
+        optimizers=("adam-lr-global", "adam-lr-per-task", "sgd"),
+    )
+    summary = report.run_eval(cfg)
+    # 3 tasks x 2 searches (adam grid shared by both adam methods, sgd) + 3 study tasks x 3 extra sweeps
+    assert len(calls) == 3 * 2 + 3 * 3
+    assert len(summary["outcomes"]) == 9 and len(summary["lookahead_study"]["rows"]) == 12
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["config"]["optimizers"] == list(cfg.optimizers) and len(saved["tasks"]) == 3
+    assert saved["methods"][0]["hparams"][0] == {"learning_rate": pytest.approx(1e-5)}
+    by = {(o["task"], o["method"]): o for o in summary["outcomes"]}
+    globals_ = {by[t, "adam-lr-global"]["trial"] for t in saved["tasks"]}
+    assert len(globals_) == 1  # one setting for every task
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Lookahead study" in md and "lookahead(sgd) vs sgd on 3 tasks" in md
+    # `lopt report` re-renders from config.json and the cache only
+    calls.clear()
+    report.run_eval(report.load_config(str(tmp_path / "r")), require_cache=True)
+    assert calls and all(c[2] for c in calls)
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--optimizers", "adam-lr-per-task", "adamm"])
+    msg = str(e.value.code)
+    assert "unknown optimizer 'adamm'" in msg and "nadamw-list" in msg and "lookahead-adam-lr-per-task" in msg
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--steps", "100", "--eval-every", "30"])
+    assert "steps=100 must be a multiple of eval_every=30" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "nothing")])
+    assert "config.json does not exist" in str(e.value.code)
+
+
+def test_outcome_fields_are_json_serializable():
+    o = Outcome("t", "m", 0, {"learning_rate": 0.1}, False, 1.0, 2.0, 0.1, None, 0.5)
+    assert json.loads(json.dumps(o.__dict__))["test_loss"] == 2.0
