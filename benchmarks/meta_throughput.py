@@ -12,7 +12,10 @@ float32 matmul rate, is the fraction of the FLOP floor reached.
 Reference: google/learned_optimization (PES, its MLP optimizer, truncation 50) on this machine
 (DESIGN.md): 43k inner steps/s for 8 tasks of the 10-d quadratics, 102k for 32, 4.3k for 32 of
 dimension 1000; ~20 s of compilation. Targets: >= 3x those rates; first outer step <= 10 s.
-Its MLP-on-digits figure (1,060 inner steps/s) is for 4 static groups x 2 tasks with widths 16-64,
+The reference's quadratics are isotropic, sum((x - c)^2): O(d) per step. Ours are rotated
+(dense 1000x1000 rotation per task: O(d^2) per step, 4 MB per task read 3-4 times per inner
+step, so memory-bound at d = 1000); the ``q1000d`` row (rotate=False, diagonal) is the like-for-like
+one. Its MLP-on-digits figure (1,060 inner steps/s) is for 4 static groups x 2 tasks with widths 16-64,
 depth 1-2, batch 32/128; ``--digits-mix`` runs that configuration (~1 min of compilation here).
 
 Run: .venv/bin/python benchmarks/meta_throughput.py [--rounds 7] [--steps 20] [--only q10-8 ...]
@@ -36,7 +39,13 @@ from rich.table import Table
 from lopt.config import MetaTrainConfig
 from lopt.meta_train import MetaTrainer
 
-DIGITS_SMALL = {"datasets": ["digits"], "depths": [1], "widths": [32], "activations": ["relu"], "batch_sizes": [128]}
+DIGITS_SMALL = {
+    "datasets": ["digits"],
+    "depths": [1],
+    "widths": [32],
+    "activations": ["relu"],
+    "batch_sizes": [128],
+}
 DIGITS_MIX = {"datasets": ["digits"], "depths": [1, 2], "widths": [16, 32, 64], "batch_sizes": [32, 128]}
 
 
@@ -55,7 +64,10 @@ class Case:
 CASES = (
     Case("q10-8", "10-d quadratics, 8 tasks", "quadratic", {"dims": [10]}, 8, reference=43_000),
     Case("q10-32", "10-d quadratics, 32 tasks", "quadratic", {"dims": [10]}, 32, reference=102_000),
-    Case("q1000-32", "1000-d quadratics, 32 tasks", "quadratic", {"dims": [1000]}, 32, reference=4_300),
+    Case("q1000-32", "1000-d quadratics, 32 tasks", "quadratic", {"dims": [1000]}, 32, reference=4_300,
+         reference_note="ref: isotropic, O(d)"),
+    Case("q1000d-32", "1000-d diagonal quadratics (rotate=False), 32 tasks", "quadratic",
+         {"dims": [1000], "rotate": False}, 32, reference=4_300),
     Case("digits-8", "MLP on digits (8x8, 32 relu, bs128), 8 tasks", "mlp", DIGITS_SMALL, 8,
          reference=1_060, reference_note="ref: 4 statics x 2 tasks"),
     Case("digits-mix", "MLP on digits, 4 statics x 2 tasks (as the reference)", "mlp", DIGITS_MIX, 2,
@@ -87,12 +99,14 @@ def inner_step_flops(trainer: MetaTrainer) -> float:
         params = task.init(jax.random.key(2))
         opt = unroller.optimizer(theta)
 
-        def step(params, opt_state, key, task=task, opt=opt):
+        def step(params, opt_state, key, task=task, opt=opt, meta_split=est.meta_split):
             k_batch, k_loss, k_meta_batch, k_meta = jax.random.split(key, 4)
             loss, grads = jax.value_and_grad(task.loss)(params, k_loss, task.batch(k_batch, "train"))
-            updates, opt_state = opt.update(grads, opt_state, params, loss=loss, valid_loss=jnp.float32(jnp.nan))
+            updates, opt_state = opt.update(
+                grads, opt_state, params, loss=loss, valid_loss=jnp.float32(jnp.nan)
+            )
             params = optax.apply_updates(params, updates)
-            return params, opt_state, task.loss(params, k_meta, task.batch(k_meta_batch, est.meta_split))
+            return params, opt_state, task.loss(params, k_meta, task.batch(k_meta_batch, meta_split))
 
         cost = jax.jit(step).lower(params, opt.init(params), jax.random.key(3)).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
@@ -116,16 +130,18 @@ def measure(case: Case, rounds: int, steps: int) -> dict:
     state, metrics = compiled(state, data, trainer.hparams)
     jax.block_until_ready(metrics)
     t3 = time.perf_counter()
-    for _ in range(3):  # warm-up
+    t = time.perf_counter()
+    for _ in range(3):  # warm-up; sets the round length to about 2 s (at most ``steps`` outer steps)
         state, metrics = compiled(state, data, trainer.hparams)
     jax.block_until_ready(metrics)
+    per_round = int(np.clip(2.0 / ((time.perf_counter() - t) / 3), 2, steps))
     rates = []
     for _ in range(rounds):
         t = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(per_round):
             state, metrics = compiled(state, data, trainer.hparams)
         jax.block_until_ready(metrics)
-        rates.append(steps / (time.perf_counter() - t))
+        rates.append(per_round / (time.perf_counter() - t))
     outer = float(np.median(rates))
     per_outer = trainer.inner_steps_per_outer_step()
     assert per_outer == 2 * 50 * case.num_particles * case.num_groups
@@ -146,7 +162,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per configuration (median)")
     parser.add_argument("--steps", type=int, default=20, help="outer steps per timed round")
     parser.add_argument("--only", nargs="*", default=None, help="configurations to run (names)")
-    parser.add_argument("--digits-mix", action="store_true", help="also run the reference's digits configuration")
+    parser.add_argument(
+        "--digits-mix", action="store_true", help="also run the reference's digits configuration"
+    )
     args = parser.parse_args()
     names = args.only or [c.name for c in CASES if c.name != "digits-mix" or args.digits_mix]
     console = Console(width=200)
@@ -180,7 +198,9 @@ def main() -> None:
         )
         console.print(f"{case.name}: groups {r['groups']}, meta-loss {r['meta_loss']:.3f}")
     console.print(table)
-    console.print("Reference (google/learned_optimization, this machine): ~20 s of compilation before the first step.")
+    console.print(
+        "Reference (google/learned_optimization, this machine): ~20 s of compilation before the first step."
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ class MetaTrainConfig:
     num_steps: int = 1000  # total outer steps (a resumed run continues up to it)
     # --- evaluation -----------------------------------------------------------------------------
     eval_every: int = 0  # outer steps between held-out evaluations, and one at the end (0: none)
-    eval_suite: str = "test"  # held-out tasks: a suite name, or "same": fresh tasks of the training distribution
+    eval_suite: str = "test"  # held-out tasks: a suite name, or "same" (fresh training-distribution tasks)
     eval_tasks: int = 2  # held-out tasks evaluated (the smallest of the suite, one per family)
     eval_steps: int = 1000  # inner training steps of an evaluation run (compare with --horizon)
     eval_seeds: int = 2  # seeds per held-out task, vmapped
@@ -88,7 +88,9 @@ class MetaTrainConfig:
         check_range("sigma", self.sigma, 1e-12, 1e6)
         check_choice("outer_opt", self.outer_opt, (OUTER_ADAMW, *LEARNED))
         if self.outer_theta and self.outer_opt == OUTER_ADAMW:
-            raise ConfigError("outer_theta is given but outer_opt=adamw: name the learned optimizer it belongs to.")
+            raise ConfigError(
+                "outer_theta is given but outer_opt=adamw: name the learned optimizer it belongs to."
+            )
         check_range("outer_lr", self.outer_lr, 0.0, 1e3)
         check_range("weight_decay", self.weight_decay, 0.0, 1e3)
         check_range("warmup", self.warmup, 0, 10_000_000)

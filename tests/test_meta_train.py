@@ -26,7 +26,8 @@ from lopt.config import MetaTrainConfig, explicit_flags, resolve
 from lopt.meta_train import HeldOutEval, MetaTrainer, OuterState, meta_train, outer_step
 from lopt.validate import ConfigError
 
-TINY = dict(family="quadratic", space='{"dims": [4]}', num_groups=2, num_particles=2, truncation_length=5, horizon=(20, 50))
+TINY = {"family": "quadratic", "space": '{"dims": [4]}', "num_groups": 2, "num_particles": 2, "truncation_length": 5,
+        "horizon": (20, 50)}  # fmt: skip
 TINY_FLAGS = ["--family", "quadratic", "--space", '{"dims": [4]}', "--num-groups", "2", "--num-particles", "2",
               "--truncation-length", "5", "--horizon", "20", "50"]  # fmt: skip
 
@@ -64,8 +65,10 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
                 "--out", str(out), *extra]  # fmt: skip
 
     def start(out, *extra):
-        log = open(tmp_path / f"{out.name}.log", "ab")
-        return subprocess.Popen(command(out, *extra), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        with open(tmp_path / f"{out.name}.log", "ab") as log:  # the child keeps its own descriptor
+            return subprocess.Popen(
+                command(out, *extra), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+            )
 
     def wait_for_first_checkpoint(out, process):
         first = out / "checkpoints" / "ckpt_00000010.safetensors"
@@ -162,7 +165,13 @@ class _PoisonEvery:
         grad = jax.tree.map(lambda t: t * poison, theta)
         loss = 0.5 * sum(jnp.sum(t**2) for t in jax.tree.leaves(theta))
         zero = jnp.int32(0)
-        metrics = {"meta_loss": loss, "inner_steps": zero, "num_nonfinite": zero, "num_zeroed": zero, "num_resets": zero}
+        metrics = {
+            "meta_loss": loss,
+            "inner_steps": zero,
+            "num_nonfinite": zero,
+            "num_zeroed": zero,
+            "num_resets": zero,
+        }
         return grad, _CountState(count), metrics
 
 
@@ -171,7 +180,9 @@ def test_nonfinite_meta_gradient_is_skipped_and_counted(key):
     opt = optax.sgd(0.1)
     zero = jnp.zeros([], jnp.int32)
     state = OuterState(theta, opt.init(theta), (_CountState(zero),), zero, key, zero)
-    step = jax.jit(lambda s: outer_step(s, (None,), ({},), estimators=(_PoisonEvery(),), weights=(1.0,), outer_opt=opt))
+    step = jax.jit(
+        lambda s: outer_step(s, (None,), ({},), estimators=(_PoisonEvery(),), weights=(1.0,), outer_opt=opt)
+    )
     skipped = []
     for _ in range(9):
         before = state.theta
@@ -193,7 +204,9 @@ def test_learned_optimizer_as_outer_optimizer(tmp_path):
     """The untrained `mlp` optimizer (≈ normalized Adam with step 1e-3) trains an `mlp` theta on the
     tiny problem: 200 finite steps, nothing skipped, theta moves, and the meta-loss of the last 50
     steps is below that of the first 50 (it is noisy, so the margin asserted is small)."""
-    cfg = MetaTrainConfig(**TINY, outer_opt="mlp", num_steps=200, out=str(tmp_path), ckpt_every=0, ckpt_minutes=0)
+    cfg = MetaTrainConfig(
+        **TINY, outer_opt="mlp", num_steps=200, out=str(tmp_path), ckpt_every=0, ckpt_minutes=0
+    )
     state = meta_train(cfg, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = np.array([r["meta_loss"] for r in rows])
@@ -230,9 +243,9 @@ def test_config_file_overridden_by_explicit_flags(tmp_path):
 # --- end to end -----------------------------------------------------------------------------------
 
 
-QUAD10 = dict(family="quadratic", space='{"dims": [10]}', num_groups=1, num_particles=8, truncation_length=50,
-              horizon=(200, 200), outer_lr=3e-3, warmup=20, ckpt_every=0, ckpt_minutes=0, log_every=50,
-              eval_suite="same", eval_steps=200, eval_seeds=1)  # fmt: skip
+QUAD10 = {"family": "quadratic", "space": '{"dims": [10]}', "num_groups": 1, "num_particles": 8,
+          "truncation_length": 50, "horizon": (200, 200), "outer_lr": 3e-3, "warmup": 20, "ckpt_every": 0,
+          "ckpt_minutes": 0, "log_every": 50, "eval_suite": "same", "eval_steps": 200, "eval_seeds": 1}  # fmt: skip
 
 
 def test_pes_meta_training_beats_its_initialization(tmp_path):
