@@ -37,7 +37,11 @@ from rich.console import Console
 from rich.table import Table
 
 from lopt.config import MetaTrainConfig
-from lopt.meta_train import MetaTrainer
+from lopt.estimators.registry import get_estimator
+from lopt.meta_train import MetaTrainer, outer_optimizer
+from lopt.optimizers.learned import get_learned
+from lopt.tasks.base import TaskFamily
+from lopt.tasks.quadratic import QuadraticStatic
 
 DIGITS_SMALL = {
     "datasets": ["digits"],
@@ -50,10 +54,41 @@ DIGITS_MIX = {"datasets": ["digits"], "depths": [1, 2], "widths": [16, 32, 64], 
 
 
 @dataclasses.dataclass(frozen=True)
+class IsotropicQuadratic(TaskFamily):
+    """The reference's quadratics (learned_optimization's ``FixedDimQuadraticFamily``): f(x) = Σ (x − c)²
+    with c ~ N(0, I) per task and x_0 ~ N(0, I); O(d) per step, no data. For like-for-like rows only."""
+
+    name = "isotropic_quadratic"
+    dim: int = 10
+
+    def sample_static(self, key):
+        return QuadraticStatic(self.dim)
+
+    def sample_dynamic(self, key, static):
+        k_center, k_x0 = jax.random.split(key)
+        return {
+            "center": jax.random.normal(k_center, (static.dim,)),
+            "x0": jax.random.normal(k_x0, (static.dim,)),
+        }
+
+    def static_extremes(self):
+        return QuadraticStatic(self.dim), QuadraticStatic(self.dim)
+
+    def init(self, key, task):
+        return {"x": task.dynamic["x0"]}
+
+    def batch(self, key, split, task):
+        return {}
+
+    def loss(self, params, key, batch, task):
+        return jnp.sum(jnp.square(params["x"] - task.dynamic["center"]))
+
+
+@dataclasses.dataclass(frozen=True)
 class Case:
     name: str
     description: str
-    family: str
+    family: str  # a TASKS name, or "isotropic" (`IsotropicQuadratic`, space {"dim": d})
     space: dict
     num_particles: int
     num_groups: int = 1
@@ -62,17 +97,38 @@ class Case:
 
 
 CASES = (
-    Case("q10-8", "10-d quadratics, 8 tasks", "quadratic", {"dims": [10]}, 8, reference=43_000),
-    Case("q10-32", "10-d quadratics, 32 tasks", "quadratic", {"dims": [10]}, 32, reference=102_000),
-    Case("q1000-32", "1000-d quadratics, 32 tasks", "quadratic", {"dims": [1000]}, 32, reference=4_300,
-         reference_note="ref: isotropic, O(d)"),
-    Case("q1000d-32", "1000-d diagonal quadratics (rotate=False), 32 tasks", "quadratic",
-         {"dims": [1000], "rotate": False}, 32, reference=4_300),
+    Case("iso10-8", "reference family: 10-d isotropic quadratics, 8 tasks", "isotropic", {"dim": 10}, 8,
+         reference=43_000),
+    Case("iso10-32", "reference family: 10-d isotropic quadratics, 32 tasks", "isotropic", {"dim": 10}, 32,
+         reference=102_000),
+    Case("iso1000-32", "reference family: 1000-d isotropic quadratics, 32 tasks", "isotropic", {"dim": 1000}, 32,
+         reference=4_300),
+    Case("q10-8", "lopt quadratic (rotated, noisy): 10-d, 8 tasks", "quadratic", {"dims": [10]}, 8, reference=43_000),
+    Case("q10-32", "lopt quadratic: 10-d, 32 tasks", "quadratic", {"dims": [10]}, 32, reference=102_000),
+    Case("q1000-32", "lopt quadratic: 1000-d, 32 tasks (O(d^2) per step)", "quadratic", {"dims": [1000]}, 32,
+         reference=4_300),
     Case("digits-8", "MLP on digits (8x8, 32 relu, bs128), 8 tasks", "mlp", DIGITS_SMALL, 8,
          reference=1_060, reference_note="ref: 4 statics x 2 tasks"),
     Case("digits-mix", "MLP on digits, 4 statics x 2 tasks (as the reference)", "mlp", DIGITS_MIX, 2,
          num_groups=4, reference=1_060),
 )  # fmt: skip
+
+
+def make_trainer(case: Case) -> MetaTrainer:
+    """PES, K = 50, horizons 100-1000, default outer AdamW: `lopt meta-train`'s defaults."""
+    if case.family != "isotropic":
+        cfg = MetaTrainConfig(
+            family=case.family, space=json.dumps(case.space), num_groups=case.num_groups,
+            num_particles=case.num_particles, truncation_length=50, estimator="pes",
+        )  # fmt: skip
+        return MetaTrainer.build(cfg)
+    learned = get_learned("mlp")()
+    family = IsotropicQuadratic(case.space["dim"])
+    est = get_estimator("pes", learned=learned, family=family, static=family.sample_static(None),
+                        num_particles=case.num_particles, truncation_length=50, horizon=(100, 1000))  # fmt: skip
+    return MetaTrainer(
+        learned, (est,), (1.0,), outer_optimizer(MetaTrainConfig()), ({"sigma": jnp.float32(0.01)},)
+    )
 
 
 def matmul_flops_per_second(n: int = 1024, repeats: int = 20) -> float:
@@ -116,12 +172,8 @@ def inner_step_flops(trainer: MetaTrainer) -> float:
 
 
 def measure(case: Case, rounds: int, steps: int) -> dict:
-    cfg = MetaTrainConfig(
-        family=case.family, space=json.dumps(case.space), num_groups=case.num_groups,
-        num_particles=case.num_particles, truncation_length=50, estimator="pes",
-    )  # fmt: skip
     t0 = time.perf_counter()
-    trainer = MetaTrainer.build(cfg)
+    trainer = make_trainer(case)
     state = trainer.init(jax.random.key(0))
     data = trainer.data()
     t1 = time.perf_counter()

@@ -111,16 +111,23 @@ def meta_train(
     """Meta-train a learned optimizer (PES over task groups by default), with checkpoints and resume.
 
     Outputs go to <out>/: config.json, metrics.jsonl, tb/ (TensorBoard, if tensorboardX is installed),
-    checkpoints/, theta.safetensors. --resume continues exactly from the latest checkpoint.
+    checkpoints/, theta.safetensors. --resume continues exactly from the latest checkpoint. Compiled
+    programs are cached in $JAX_COMPILATION_CACHE_DIR (default ~/.cache/lopt/jax).
 
     Args:
         config: a JSON file of config values (a flat object, or a run's config.json); flags given
             explicitly on the command line override it.
     """
+    import os
+
+    import jax
+
     from lopt.checkpoint import CheckpointError
     from lopt.config import explicit_flags, resolve
     from lopt.meta_train import meta_train as run
 
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # compiled programs persist: a resume starts fast
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/lopt/jax"))
     try:
         run(resolve(cfg, config, explicit_flags(sys.argv[1:])), console=console)
     except CheckpointError as e:  # --resume of a mismatched or damaged checkpoint: the message says which

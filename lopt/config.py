@@ -53,7 +53,7 @@ class MetaTrainConfig:
     clip: float = 1.0  # clip the meta-gradient to this global norm before the outer optimizer (0: off)
     num_steps: int = 1000  # total outer steps (a resumed run continues up to it)
     # --- evaluation -----------------------------------------------------------------------------
-    eval_every: int = 0  # outer steps between held-out evaluations, and one at the end (0: none)
+    eval_every: int = 250  # outer steps between held-out evaluations, and one at the end (0: none)
     eval_suite: str = "test"  # held-out tasks: a suite name, or "same" (fresh training-distribution tasks)
     eval_tasks: int = 2  # held-out tasks evaluated (the smallest of the suite, one per family)
     eval_steps: int = 1000  # inner training steps of an evaluation run (compare with --horizon)

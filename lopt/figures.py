@@ -73,6 +73,8 @@ def improvement_figure(path: str, improvement: Mapping[str, Mapping[str, np.ndar
     """One panel per baseline: box plots over tasks of each other method's improvement in normalized
     test loss over it (positive: the method is better). ``improvement``: baseline -> method -> (T,)."""
     fig, axes = _grid(len(improvement), 2, size=(6.0, 3.4))
+    order = list(dict.fromkeys([*improvement, *(m for d in improvement.values() for m in d)]))
+    color = {m: _COLORS[i % len(_COLORS)] for i, m in enumerate(order)}  # one color per method
     for ax, (baseline, by_method) in zip(axes, improvement.items()):
         names = list(by_method)
         data = [np.asarray(by_method[m], np.float64) for m in names]
@@ -80,7 +82,7 @@ def improvement_figure(path: str, improvement: Mapping[str, Mapping[str, np.ndar
         ax.boxplot(data, showfliers=True, widths=0.6)
         for i, d in enumerate(data):  # the tasks themselves, jittered
             x = i + 1 + np.linspace(-0.15, 0.15, len(d)) if len(d) > 1 else np.array([i + 1.0])
-            ax.plot(x, d, ".", color=_COLORS[i % len(_COLORS)], ms=4, alpha=0.7)
+            ax.plot(x, d, ".", color=color[names[i]], ms=4, alpha=0.7)
         ax.set_xticks(range(1, len(names) + 1), names, rotation=25, ha="right", fontsize=7)
         ax.set_title(f"improvement over {baseline}", fontsize=9)
         ax.set_ylabel("normalized test loss: baseline − method", fontsize=7)

@@ -97,6 +97,7 @@ def summarize(results: Mapping[str, Mapping[str, SearchResult]], searches: Mappi
                     "good_lrs": sw.good,
                     "diverged_lrs": int(bad.sum()),
                     "num_lrs": len(sw.lrs),
+                    "at_grid_edge": b in (0, len(sw.lrs) - 1),
                 }
             )
     return {"sweeps": sweeps, "rows": rows, "findings": findings(rows)}
@@ -134,4 +135,10 @@ def findings(rows: list[dict]) -> list[str]:
             f"(total {sum(b['good_lrs'] for _, b in pairs)} vs {sum(a['good_lrs'] for a, _ in pairs)}); "
             f"its best learning rate is {np.median(shift):+.2f} decades from {inner}'s (median)."
         )
+        edge = sum(a["at_grid_edge"] or b["at_grid_edge"] for a, b in pairs)
+        if edge:
+            out[-1] += (
+                f" On {edge} of {n} tasks a best rate sits at the edge of the grid, so the tuned optimum"
+                " may lie outside it."
+            )
     return out

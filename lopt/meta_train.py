@@ -236,6 +236,7 @@ class MetaTrainer:
 
     def init(self, key: jax.Array) -> OuterState:
         """The state at step 0: theta from ``fold_in(key, 2)``, the run's key for everything after."""
+        self.data()  # load (and let families cache) the datasets outside the trace, never inside it
         return self._init_jit(key)
 
     def _init(self, key: jax.Array) -> OuterState:

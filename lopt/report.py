@@ -43,6 +43,7 @@ from rich.progress import (
 
 from lopt import lookahead_study
 from lopt.evaluate import Curves, tidy
+from lopt.tasks.profile import flops_per_step
 from lopt.tasks.suites import get_suite
 from lopt.tuning import (
     CLIP,
@@ -75,7 +76,10 @@ class EvalConfig:
     name: str = "eval"  # report name: everything goes to <out>/<name>/
     out: str = "runs"  # parent directory of reports
     suite: str = "test"  # task suite: "test" (held out, for reports) or "train" (meta-training tasks)
-    per_family: int = 1  # tasks sampled per family of the suite (cost grows linearly)
+    per_family: int = 1  # tasks per family of the suite (cost grows linearly)
+    candidates: int = (
+        3  # per family, sample this many and keep the per_family cheapest (1: plain random sample)
+    )
     families: tuple[str, ...] = ()  # keep only these families of the suite (empty: all)
     steps: int = 1000  # training steps per run; 1000-2000 is affordable on a laptop CPU
     seeds: int = 3  # seeds per setting, vmapped; selection and tables use their mean
@@ -95,6 +99,7 @@ class EvalConfig:
         check_range("steps", self.steps, 1, 10_000_000)
         check_range("seeds", self.seeds, 1, 10_000)
         check_range("per_family", self.per_family, 1, 1000)
+        check_range("candidates", self.candidates, 1, 1000)
         check_range("eval_every", self.eval_every, 1, self.steps)
         if self.steps % self.eval_every:
             raise ConfigError(
@@ -278,13 +283,18 @@ def report_blocks(
     names = [m.name for m in methods]
     tasks = list(dict.fromkeys(o.task for o in outcomes))
     by = {(o.task, o.method): o for o in outcomes}
+    cached = sum(bool(t["cached"]) for t in timings)
     blocks: list[tuple] = [
         ("h1", f"lopt report: {cfg.name}"),
         (
             "p",
             (
-                f"Suite `{cfg.suite}`, {len(tasks)} tasks ({cfg.per_family} per family), {cfg.steps} steps, "
-                f"{cfg.seeds} seeds, evaluations every {cfg.eval_every} steps; wall time {wall_seconds:.0f} s. "
+                f"Suite `{cfg.suite}`, {len(tasks)} tasks ({cfg.per_family} per family, the cheapest of "
+                f"{max(cfg.candidates, cfg.per_family)} sampled), {cfg.steps} steps, {cfg.seeds} seeds, "
+                f"evaluations every {cfg.eval_every} steps. The searches took "
+                f"{sum(t['compile_seconds'] for t in timings):.0f} s compiling and "
+                f"{sum(t['run_seconds'] for t in timings):.0f} s training when they ran ({cached} of "
+                f"{len(timings)} read from the cache this time); this report took {wall_seconds:.0f} s. "
                 "Resolved config: config.json; tidy results: results.csv, final.csv."
             ),
         ),
@@ -572,15 +582,7 @@ def run_eval(
     methods = [get_method(n, budget) for n in cfg.optimizers] + list(extra)
     if len({m.name for m in methods}) != len(methods):
         raise ConfigError(f"method names must be distinct: {[m.name for m in methods]}.")
-    tasks = get_suite(cfg.suite).tasks(cfg.per_family, cfg.seed)
-    if cfg.families:
-        have = sorted({t.family.name for t in tasks})
-        for f in cfg.families:
-            if f not in have:
-                raise ConfigError(
-                    f"families contains {f!r}, which is not in suite {cfg.suite!r}: choose from {have}."
-                )
-        tasks = [t for t in tasks if t.family.name in cfg.families]
+    tasks = suite_tasks(cfg)
     names = _unique_names(tasks)
     searches = {m.search.name: m.search for m in methods}
     os.makedirs(out_dir, exist_ok=True)
@@ -687,6 +689,38 @@ def _pipelined(units, run: dict, progress: Progress, bar):
                 yield unit, run_search(task, search, **run)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def step_flops(task) -> float:
+    """FLOPs of one Adam training step of ``task`` from the lowered (uncompiled) step: cheap."""
+    return flops_per_step(task, compile=False)
+
+
+def suite_tasks(cfg: EvalConfig) -> list:
+    """The tasks of ``cfg``: per family of the suite (restricted to ``cfg.families``), ``candidates``
+    sampled tasks of which the ``per_family`` with the fewest FLOPs per step are kept, in sampling
+    order. With ``candidates <= per_family`` this is exactly ``Suite.tasks(per_family, seed)``."""
+    suite = get_suite(cfg.suite)
+    families = suite.families()
+    have = sorted({f.name for f in families})
+    for f in cfg.families:
+        if f not in have:
+            raise ConfigError(
+                f"families contains {f!r}, which is not in suite {cfg.suite!r}: choose from {have}."
+            )
+    n = max(cfg.candidates, cfg.per_family)
+    out = []
+    for i, family in enumerate(families):
+        if cfg.families and family.name not in cfg.families:
+            continue
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), i), n)
+        options = [family.task(family.sample(k)) for k in keys]
+        if n > cfg.per_family:
+            flops = [step_flops(t) for t in options]
+            keep = sorted(sorted(range(n), key=lambda j: flops[j])[: cfg.per_family])
+            options = [options[j] for j in keep]
+        out.extend(options)
+    return out
 
 
 def _unique_names(tasks) -> list[str]:

@@ -15,7 +15,9 @@ result is cached on disk. A **method** turns a search into one optimizer per tas
 - ``fixed``: a single trial, no selection (a default setting, or a learned optimizer).
 
 ``trials=N`` makes a method use only the first N trials of its search, so "the first N entries of
-the ordered NAdamW list" is a prefix of one cached run.
+the ordered NAdamW list" is a prefix of one cached run. The list (``lopt/nadamw_list.json``) is
+built on the *train* suite only by ``python -m lopt.tuning`` (`build_nadamw_list`); the file
+records the command, the budget and the tasks it was built on.
 
 Scores. The score of a trial on a task and split is its final loss (at step N) averaged over
 seeds. A trial has **failed** when any seed diverged (non-finite training loss at some step) or its

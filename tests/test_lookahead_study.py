@@ -64,3 +64,7 @@ def test_summarize_hand_computed():
     )
     assert "more good learning rates" in finding and "on 1 tasks, fewer on 0 (total 2 vs 0)" in finding
     assert "+1.00 decades" in finding
+    assert finding.endswith(
+        "On 1 of 1 tasks a best rate sits at the edge of the grid, so the tuned optimum may lie outside it."
+    )
+    assert rows["lookahead(sgd)"]["at_grid_edge"] and not rows["sgd"]["at_grid_edge"]

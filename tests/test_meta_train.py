@@ -27,9 +27,9 @@ from lopt.meta_train import HeldOutEval, MetaTrainer, OuterState, meta_train, ou
 from lopt.validate import ConfigError
 
 TINY = {"family": "quadratic", "space": '{"dims": [4]}', "num_groups": 2, "num_particles": 2, "truncation_length": 5,
-        "horizon": (20, 50)}  # fmt: skip
+        "horizon": (20, 50), "eval_every": 0}  # fmt: skip
 TINY_FLAGS = ["--family", "quadratic", "--space", '{"dims": [4]}', "--num-groups", "2", "--num-particles", "2",
-              "--truncation-length", "5", "--horizon", "20", "50"]  # fmt: skip
+              "--truncation-length", "5", "--horizon", "20", "50", "--eval-every", "0"]  # fmt: skip
 
 
 def _run_steps(trainer: MetaTrainer, state, num_steps: int):
@@ -55,7 +55,8 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
     """Two processes run the same 1000-step config; one is SIGKILLed at a random moment after its
     first checkpoint and resumed with --resume. Its final theta is bitwise the uninterrupted one's,
     and so are its per-step meta-losses; the two runs' common checkpoints are byte-identical (same
-    seed, same result across processes)."""
+    seed, same result across processes). The later processes load the first one's compiled programs
+    from a temporary JAX compilation cache, which saves ~10 s each."""
     num_steps = 1000
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"), "PYTHONUNBUFFERED": "1"}
 
@@ -245,14 +246,15 @@ def test_config_file_overridden_by_explicit_flags(tmp_path):
 
 QUAD10 = {"family": "quadratic", "space": '{"dims": [10]}', "num_groups": 1, "num_particles": 8,
           "truncation_length": 50, "horizon": (200, 200), "outer_lr": 3e-3, "warmup": 20, "ckpt_every": 0,
-          "ckpt_minutes": 0, "log_every": 50, "eval_suite": "same", "eval_steps": 200, "eval_seeds": 1}  # fmt: skip
+          "ckpt_minutes": 0, "log_every": 50, "eval_every": 0, "eval_suite": "same", "eval_steps": 200,
+          "eval_seeds": 1}  # fmt: skip
 
 
 def test_pes_meta_training_beats_its_initialization(tmp_path):
     """300 outer steps of PES (8 tasks x 2 antithetic, K = 50, horizon 200): the meta-loss falls and,
     on 12 fresh quadratics, the trained optimizer reaches a lower test loss after 200 steps than
     its initialization. The held-out evaluation also runs at the end of meta-training, logged."""
-    cfg = MetaTrainConfig(**QUAD10, num_steps=300, out=str(tmp_path), eval_every=300, eval_tasks=2)
+    cfg = MetaTrainConfig(**{**QUAD10, "eval_every": 300, "eval_tasks": 2}, num_steps=300, out=str(tmp_path))
     state = meta_train(cfg, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = np.array([r["meta_loss"] for r in rows if "meta_loss" in r])

@@ -8,6 +8,7 @@ import csv
 import json
 import zlib
 
+import jax
 import numpy as np
 import pytest
 from test_tuning import synthetic
@@ -17,6 +18,7 @@ from lopt.cli import main
 from lopt.report import EvalConfig, Outcome, compare, report_blocks, to_markdown, write_report
 from lopt.tasks.suites import Suite, _entry
 from lopt.tuning import Method, Search
+from lopt.validate import ConfigError
 
 
 def small_results():
@@ -161,3 +163,18 @@ def test_cli_errors_name_the_problem(tmp_path):
 def test_outcome_fields_are_json_serializable():
     o = Outcome("t", "m", 0, {"learning_rate": 0.1}, False, 1.0, 2.0, 0.1, None, 0.5)
     assert json.loads(json.dumps(o.__dict__))["test_loss"] == 2.0
+
+
+def test_suite_tasks_keeps_the_cheapest_candidates(monkeypatch):
+    suite = Suite("tiny", "", (_entry("quadratic", dims=(2, 64)), _entry("functions2d")))
+    monkeypatch.setattr(report, "get_suite", lambda name: suite)
+    plain = report.suite_tasks(EvalConfig(candidates=1, per_family=3, seed=1))
+    assert [t.name for t in plain] == [t.name for t in suite.tasks(3, 1)]
+    dims = [t.static.dim for t in plain[:3]]
+    assert dims == [64, 2, 2]  # seed 1 samples both sizes
+    cheap = report.suite_tasks(EvalConfig(candidates=3, per_family=1, families=("quadratic",), seed=1))
+    assert [t.static.dim for t in cheap] == [2]
+    assert jax.tree.all(jax.tree.map(np.array_equal, cheap[0].dynamic, plain[1].dynamic))
+    assert report.step_flops(plain[dims.index(64)]) > report.step_flops(plain[dims.index(2)])
+    with pytest.raises(ConfigError, match="families contains 'mlp', which is not in suite"):
+        report.suite_tasks(EvalConfig(families=("mlp",)))

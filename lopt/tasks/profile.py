@@ -54,9 +54,10 @@ def steps_per_second(task: Task, num_steps: int = 200, repeats: int = 3) -> tupl
     return num_steps / float(np.median(times)), compile_s
 
 
-def flops_per_step(task: Task) -> float:
+def flops_per_step(task: Task, compile: bool = True) -> float:
     """FLOPs of one Adam training step (batch sampling, forward, backward, update), from XLA's
-    cost analysis of the compiled step; NaN when the backend does not report it."""
+    cost analysis of the compiled step (``compile=False``: of the lowered step, no compilation,
+    about a tenth of a second); NaN when the backend does not report it."""
     opt = optax.adam(1e-3)
 
     def step(task, key, params, state):
@@ -66,8 +67,8 @@ def flops_per_step(task: Task) -> float:
         return optax.apply_updates(params, updates), state
 
     params = task.init(jax.random.key(0))
-    compiled = jax.jit(step).lower(task, jax.random.key(0), params, opt.init(params)).compile()
-    cost = compiled.cost_analysis()
+    lowered = jax.jit(step).lower(task, jax.random.key(0), params, opt.init(params))
+    cost = (lowered.compile() if compile else lowered).cost_analysis()
     if isinstance(cost, list):
         cost = cost[0] if cost else {}
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
