@@ -3,7 +3,7 @@
 For each configuration (one static task group of P tasks, truncation K = 50): the time to the
 first outer step (task groups, init, trace, compile and the first step, from a cold start of
 this configuration), the outer steps per second (median over rounds of jitted outer steps,
-state donated, as `lopt meta-train` runs them) and the inner steps per second, counting both
+state not donated, as `lopt meta-train` runs them) and the inner steps per second, counting both
 members of every antithetic pair like the reference: inner/outer step = 2 P K. XLA's cost
 analysis of one inner step of one task (train batch, loss and gradient, optimizer update, meta
 loss on an outer-valid batch) times the inner-step rate, divided by this machine's measured
@@ -12,10 +12,12 @@ float32 matmul rate, is the fraction of the FLOP floor reached.
 Reference: google/learned_optimization (PES, its MLP optimizer, truncation 50) on this machine
 (DESIGN.md): 43k inner steps/s for 8 tasks of the 10-d quadratics, 102k for 32, 4.3k for 32 of
 dimension 1000; ~20 s of compilation. Targets: >= 3x those rates; first outer step <= 10 s.
-The reference's quadratics are isotropic, sum((x - c)^2): O(d) per step. Ours are rotated
-(dense 1000x1000 rotation per task: O(d^2) per step, 4 MB per task read 3-4 times per inner
-step, so memory-bound at d = 1000); the ``q1000d`` row (rotate=False, diagonal) is the like-for-like
-one. Its MLP-on-digits figure (1,060 inner steps/s) is for 4 static groups x 2 tasks with widths 16-64,
+The reference's quadratics are isotropic, sum((x - c)^2): O(d) per step; the ``iso*`` rows run
+that family (`IsotropicQuadratic`, defined here) and are the like-for-like comparison. lopt's own
+``quadratic`` family is rotated and noisy (a dense d x d rotation per task: O(d^2) per step, 4 MB
+per task read 3-4 times per inner step at d = 1000, so memory-bound there); its rows are for
+information. "init+compile s" is the wall time of `MetaTrainer.compile` (the init and outer-step
+programs compile side by side); "first step s" adds building the task groups and the first step. Its MLP-on-digits figure (1,060 inner steps/s) is for 4 static groups x 2 tasks with widths 16-64,
 depth 1-2, batch 32/128; ``--digits-mix`` runs that configuration (~1 min of compilation here).
 
 Run: .venv/bin/python benchmarks/meta_throughput.py [--rounds 7] [--steps 20] [--only q10-8 ...]
@@ -174,10 +176,9 @@ def inner_step_flops(trainer: MetaTrainer) -> float:
 def measure(case: Case, rounds: int, steps: int) -> dict:
     t0 = time.perf_counter()
     trainer = make_trainer(case)
-    state = trainer.init(jax.random.key(0))
-    data = trainer.data()
     t1 = time.perf_counter()
-    compiled = trainer.step.trace(state, data, trainer.hparams).lower().compile()
+    state, compiled = trainer.compile(jax.random.key(0))  # init and the outer step, compiled side by side
+    data = trainer.data()
     t2 = time.perf_counter()
     state, metrics = compiled(state, data, trainer.hparams)
     jax.block_until_ready(metrics)
@@ -226,7 +227,7 @@ def main() -> None:
         title=f"PES meta-training throughput, mlp optimizer, K=50, cpu; matmul {peak / 1e9:.1f} GFLOP/s; "
         f"load average {load:.1f}"
     )
-    for col in ("configuration", "inner/outer", "first step s", "compile s", "outer/s", "inner steps/s",
+    for col in ("configuration", "inner/outer", "first step s", "init+compile s", "outer/s", "inner steps/s",
                 "reference", "x ref", "kFLOP/inner", "GFLOP/s", "of matmul"):  # fmt: skip
         table.add_column(col, justify="left" if col == "configuration" else "right")
     for case in CASES:

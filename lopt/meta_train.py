@@ -2,6 +2,7 @@ r"""Meta-training: the outer state, the jitted outer step, and the loop around i
 
     trainer = MetaTrainer.build(cfg)                   # task groups, estimators, outer optimizer
     state = trainer.init(jax.random.key(cfg.seed))     # OuterState
+    state, step = trainer.compile(jax.random.key(cfg.seed))   # the same, with `step` compiled alongside
     state, metrics = trainer.step(state, trainer.data(), trainer.hparams)   # one jitted program
     state = meta_train(cfg)                            # the loop: logs, evaluations, checkpoints
 
@@ -38,6 +39,7 @@ import functools
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -77,8 +79,8 @@ class OuterState(NamedTuple):
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+    leaves = [jnp.ravel(x) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.isfinite(jnp.concatenate(leaves))) if leaves else jnp.bool_(True)  # one op, not one per leaf
 
 
 def _tree_where(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
@@ -238,6 +240,16 @@ class MetaTrainer:
         """The state at step 0: theta from ``fold_in(key, 2)``, the run's key for everything after."""
         self.data()  # load (and let families cache) the datasets outside the trace, never inside it
         return self._init_jit(key)
+
+    def compile(self, key: jax.Array) -> tuple[OuterState, Any]:
+        """(`init(key)`, the compiled `step`): the two programs compile side by side in two threads
+        (XLA compiles without the GIL), which takes a second off the time to the first outer step."""
+        data = self.data()
+        shapes = jax.eval_shape(self._init, key)  # the state's shapes, without running anything
+        with ThreadPoolExecutor(1) as pool:
+            step = pool.submit(lambda: self.step.trace(shapes, data, self.hparams).lower().compile())
+            state = self._init_jit(key)
+            return state, step.result()
 
     def _init(self, key: jax.Array) -> OuterState:
         k_theta, k_est, k_run = jax.random.split(jax.random.fold_in(key, 2), 3)
@@ -420,8 +432,9 @@ def meta_train(
     cfg, console = config, console or Console()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    t_first = time.perf_counter()
     trainer = MetaTrainer.build(cfg)
-    state = trainer.init(jax.random.key(cfg.seed))
+    state, step_fn = trainer.compile(jax.random.key(cfg.seed))
     data = trainer.data()
     manager = CheckpointManager(
         out / "checkpoints",
@@ -451,14 +464,14 @@ def meta_train(
     log = MetricsLog(out, start, console)
     evaluator = HeldOutEval(cfg, trainer.learned) if cfg.eval_every else None
     pending: list[tuple[int, dict]] = []
-    t_first, t_mark, step_mark = time.perf_counter(), None, start
+    t_mark, step_mark = None, start
     try:
         with _progress(console, progress) as bar:
             task = bar.add_task(
                 "meta-train", total=cfg.num_steps, completed=start, outer=0.0, inner=0.0, loss=math.nan
             )
             for step in range(start + 1, cfg.num_steps + 1):
-                state, metrics = trainer.step(state, data, trainer.hparams)
+                state, metrics = step_fn(state, data, trainer.hparams)
                 pending.append((step, metrics))
                 last = step == cfg.num_steps
                 evaluate_now = evaluator is not None and (step % cfg.eval_every == 0 or last)
@@ -470,7 +483,7 @@ def meta_train(
                 pending = []
                 now = time.perf_counter()
                 if first:  # the first step includes compilation: report it, time from here
-                    console.print(f"first outer step (compile + run): {now - t_first:.1f} s")
+                    console.print(f"first outer step (build, compile, run): {now - t_first:.1f} s")
                     t_mark, step_mark = now, step
                 rate = (step - step_mark) / (now - t_mark) if step > step_mark else 0.0
                 for s, m in rows:

@@ -29,31 +29,23 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lopt.estimators.base import (
-    GradientEstimator,
-    antithetic,
-    finite_mean,
-    scale_rows,
-    select_rows,
-    tree_normal,
-    unroll_metrics,
-)
+from lopt.estimators.base import GradientEstimator, antithetic_thetas, finite_mean_rows, flat_normal, unroll_metrics
 from lopt.unroll import UnrollState, first_segment
 
 
 class OnlineESState(NamedTuple):
-    """State of `pes` and `nres`."""
+    """State of `pes` and `nres` (perturbations flat: D = theta's number of floats)."""
 
     unroll: UnrollState  # (2P, ...): [θ + ε particles, then θ − ε particles]
-    accum: Any  # (P, ...) theta-like ξ: sum of the perturbations the current episode has seen
-    noise: Any  # (P, ...) theta-like ε: the perturbation applied in the last truncation
+    accum: jax.Array  # (P, D) ξ: sum of the perturbations the current episode has seen
+    noise: jax.Array  # (P, D) ε: the perturbation applied in the last truncation
     redraw: jax.Array  # (P,) bool: draw a new ε at the next truncation (NRES; PES always draws)
 
 
 def online_init(est: GradientEstimator, theta) -> OnlineESState:
     p = est.num_particles
     inner = est.unroller.init(theta, 2 * p)  # not started: each begins an episode at its first step
-    zeros = jax.tree.map(lambda x: jnp.zeros((p, *jnp.shape(x)), jnp.result_type(x)), theta)
+    zeros = jnp.zeros_like(flat_normal(jax.random.key(0), theta, p))
     return OnlineESState(inner, zeros, zeros, jnp.ones((p,), bool))
 
 
@@ -64,11 +56,11 @@ def online_estimate(
     data = unroller.data() if data is None else data
     p, k, sigma = est.num_particles, est.truncation_length, hparams["sigma"]
     k_noise, k_unroll = jax.random.split(key)
-    draw = jax.tree.map(lambda z: sigma * z, tree_normal(k_noise, theta, p))  # (P, ...)
-    redraw = state.redraw if reuse_noise else jnp.ones((p,), bool)  # (P,)
-    noise = select_rows(redraw, draw, state.noise)
-    accum = select_rows(redraw, jax.tree.map(jnp.add, state.accum, draw), state.accum)  # ξ including ε
-    thetas = antithetic(theta, noise)  # (2P, ...)
+    draw = sigma * flat_normal(k_noise, theta, p)  # (P, D)
+    redraw = (state.redraw if reuse_noise else jnp.ones((p,), bool))[:, None]  # (P, 1)
+    noise = jnp.where(redraw, draw, state.noise)  # (P, D)
+    accum = jnp.where(redraw, state.accum + draw, state.accum)  # ξ including ε
+    thetas = antithetic_thetas(theta, noise)  # (2P, ...)
     inner, out = unroller.unroll(k_unroll, state.unroll, thetas, k, theta_axis=0, antithetic=True, data=data)
 
     diff = out.meta_loss[:, :p] - out.meta_loss[:, p:]  # (K, P): ℓ+ − ℓ−
@@ -77,11 +69,9 @@ def online_estimate(
     c = 1.0 / (2.0 * sigma**2 * k)
     a = jnp.sum(jnp.where(first, diff, 0.0), axis=0) * c  # (P,) weight of ξ
     b = jnp.sum(jnp.where(first, 0.0, diff), axis=0) * c  # (P,) weight of ε (episodes begun here)
-    grads = jax.tree.map(jnp.add, scale_rows(a, accum), scale_rows(b, noise))  # (P, ...)
-    grad, zeroed = finite_mean(grads)
+    grad, zeroed = finite_mean_rows(a[:, None] * accum + b[:, None] * noise, theta)
 
     ended, ended_last = jnp.any(done, axis=0), done[-1]  # (P,), (P,)
-    zeros = jax.tree.map(jnp.zeros_like, noise)
-    new_accum = select_rows(ended, select_rows(ended_last, zeros, noise), accum)
+    new_accum = jnp.where(ended[:, None], jnp.where(ended_last[:, None], 0.0, noise), accum)
     new_state = OnlineESState(inner, new_accum, noise, ended)
     return grad, new_state, unroll_metrics(out, zeroed)

@@ -118,37 +118,35 @@ class GradientEstimator(abc.ABC):
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def tree_normal(key: jax.Array, tree: PyTree, num: int) -> PyTree:
-    """``num`` standard normal draws shaped like ``tree`` (leading axis ``num``).
+def flat_normal(key: jax.Array, theta: PyTree, num: int) -> jax.Array:
+    """(num, D) standard normal draws for flattened ``theta`` (D floats, `ravel_pytree` order).
 
-    One flat draw, unraveled: a single random-number site compiles much faster on CPU than one
-    per leaf.
+    The ES estimators do all their perturbation arithmetic on flat (P, D) arrays: one op per step of
+    the formula instead of one per theta leaf, which is what XLA's compile time grows with.
     """
-    flat, unravel = ravel_pytree(tree)
-    z = jax.random.normal(key, (num * flat.size,), flat.dtype).reshape(num, flat.size)  # (num, D)
-    return jax.vmap(unravel)(z)
+    flat, _ = ravel_pytree(theta)
+    return jax.random.normal(key, (num * flat.size,), flat.dtype).reshape(num, flat.size)
+
+
+def antithetic_thetas(theta: PyTree, noise: jax.Array) -> PyTree:
+    """(2P, ...) theta-like: [θ + ε_1, ..., θ + ε_P, θ − ε_1, ..., θ − ε_P] for flat ``noise`` (P, D)."""
+    flat, unravel = ravel_pytree(theta)
+    rows = jnp.concatenate([flat[None] + noise, flat[None] - noise])  # (2P, D)
+    return jax.vmap(unravel)(rows)
+
+
+def finite_mean_rows(grads: jax.Array, theta: PyTree) -> tuple[PyTree, jax.Array]:
+    """Mean over rows of flat per-particle contributions (P, D), each row with a non-finite entry
+    replaced by zero (the mean still divides by P), unraveled like ``theta``; and the rows zeroed."""
+    num = grads.shape[0]
+    ok = jnp.all(jnp.isfinite(grads), axis=1)  # (P,)
+    mean = jnp.sum(jnp.where(ok[:, None], grads, 0.0), axis=0) / num  # (D,)
+    return ravel_pytree(theta)[1](mean), jnp.sum(~ok, dtype=jnp.int32)
 
 
 def broadcast(tree: PyTree, num: int) -> PyTree:
     """``tree`` repeated along a new leading axis of length ``num``."""
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), tree)
-
-
-def scale_rows(weights: jax.Array, tree: PyTree) -> PyTree:
-    """Leaf (P, ...) times ``weights`` (P,), broadcast explicitly over the trailing axes."""
-    return jax.tree.map(
-        lambda x: x * weights.reshape(weights.shape + (1,) * (x.ndim - 1)).astype(x.dtype), tree
-    )
-
-
-def select_rows(mask: jax.Array, a: PyTree, b: PyTree) -> PyTree:
-    """Leafwise where(mask, a, b) with ``mask`` (P,) over the leading axis."""
-    return jax.tree.map(lambda x, y: jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, y), a, b)
-
-
-def antithetic(theta: PyTree, noise: PyTree) -> PyTree:
-    """(2P, ...): [θ + ε_1, ..., θ + ε_P, θ − ε_1, ..., θ − ε_P] for ``noise`` (P, ...)."""
-    return jax.tree.map(lambda t, e: jnp.concatenate([t[None] + e, t[None] - e]), theta, noise)
 
 
 def finite_mean(grads: PyTree) -> tuple[PyTree, jax.Array]:
@@ -159,7 +157,7 @@ def finite_mean(grads: PyTree) -> tuple[PyTree, jax.Array]:
     ok = jnp.ones((num,), bool)
     for x in leaves:
         ok = ok & jnp.all(jnp.isfinite(x.reshape(num, -1)), axis=1)
-    clean = select_rows(ok, grads, jax.tree.map(jnp.zeros_like, grads))
+    clean = jax.tree.map(lambda x: jnp.where(ok.reshape((num,) + (1,) * (x.ndim - 1)), x, 0), grads)
     mean = jax.tree.map(lambda x: jnp.sum(x, axis=0) / num, clean)
     return mean, jnp.sum(~ok, dtype=jnp.int32)
 

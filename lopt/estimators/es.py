@@ -28,14 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lopt.estimators.base import (
-    GradientEstimator,
-    antithetic,
-    finite_mean,
-    scale_rows,
-    tree_normal,
-    unroll_metrics,
-)
+from lopt.estimators.base import GradientEstimator, antithetic_thetas, finite_mean_rows, flat_normal, unroll_metrics
 from lopt.unroll import first_segment
 
 
@@ -60,8 +53,8 @@ class ES(GradientEstimator):
         data = unroller.data() if data is None else data
         p, sigma = self.num_particles, hparams["sigma"]
         k_noise, k_unroll = jax.random.split(key)
-        noise = jax.tree.map(lambda z: sigma * z, tree_normal(k_noise, theta, p))  # (P, ...)
-        thetas = antithetic(theta, noise)  # (2P, ...)
+        noise = sigma * flat_normal(k_noise, theta, p)  # (P, D)
+        thetas = antithetic_thetas(theta, noise)  # (2P, ...)
         inner = unroller.init(thetas, 2 * p, theta_axis=0)  # every particle starts a fresh episode
         _, out = unroller.unroll(
             k_unroll, inner, thetas, self.horizon[1], theta_axis=0, antithetic=True, data=data
@@ -70,5 +63,5 @@ class ES(GradientEstimator):
         steps = jnp.sum(mask, axis=0).astype(jnp.float32)  # (2P,) H_p
         j = jnp.sum(jnp.where(mask, out.meta_loss, 0.0), axis=0) / steps  # (2P,) J_p(θ ± ε_p)
         weights = (j[:p] - j[p:]) / (2.0 * sigma**2)  # (P,)
-        grad, zeroed = finite_mean(scale_rows(weights, noise))
+        grad, zeroed = finite_mean_rows(weights[:, None] * noise, theta)
         return grad, state, unroll_metrics(out, zeroed, mask)
