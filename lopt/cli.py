@@ -110,7 +110,7 @@ def meta_train(
 ) -> None:
     """Meta-train a learned optimizer (PES over task groups by default), with checkpoints and resume.
 
-    Outputs go to <out>/: config.json, metrics.jsonl, tb/ (TensorBoard, if tensorboardX is installed),
+    Outputs go to <out>/: config.json, metrics.jsonl, tb/ (TensorBoard event files),
     checkpoints/, theta.safetensors. --resume continues exactly from the latest checkpoint. Compiled
     programs are cached in $JAX_COMPILATION_CACHE_DIR (default ~/.cache/lopt/jax).
 

@@ -35,6 +35,7 @@ class MetaTrainConfig:
     family: str = ""  # meta-train on this one task family instead of the suite ("": the suite)
     space: str = ""  # JSON kwargs restricting --family's sampling space, e.g. '{"dims": [10]}'
     num_groups: int = 4  # G: static task groups sampled at the start; compile time grows with distinct ones
+    groups_per_step: int = 0  # S: groups estimated per outer step, drawn anew each step (0: all G)
     num_particles: int = 8  # P: tasks per group, vmapped (ES-type estimators run 2P unrolls); 8-32
     # --- estimator ------------------------------------------------------------------------------
     estimator: str = "pes"  # meta-gradient estimator: pes (default), nres, es (full unrolls), tbptt
@@ -82,6 +83,7 @@ class MetaTrainConfig:
             if self.space:
                 raise ConfigError("space is given without family: it restricts --family's sampling space.")
         check_range("num_groups", self.num_groups, 1, 1000)
+        check_range("groups_per_step", self.groups_per_step, 0, self.num_groups)
         check_range("num_particles", self.num_particles, 1, 1_000_000)
         check_choice("estimator", self.estimator, ESTIMATORS)
         check_range("truncation_length", self.truncation_length, 1, 1_000_000)

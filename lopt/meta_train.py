@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from rich.console import Console
+from tensorboardX import SummaryWriter
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lopt.checkpoint import CheckpointManager, list_checkpoints
@@ -95,9 +96,19 @@ def estimate_groups(
     hparams: tuple,
     estimators: tuple,
     weights: tuple,
+    per_step: int = 0,
 ) -> tuple[PyTree, tuple, dict[str, jax.Array]]:
-    """(weighted mean meta-gradient, new estimator states, metrics) over the task groups."""
-    keys = jax.random.split(key, len(estimators))
+    """(weighted mean meta-gradient, new estimator states, metrics) over the task groups.
+
+    ``per_step`` = S in (0, G): only S groups, drawn uniformly without replacement from ``key``,
+    are estimated (one `lax.switch` per slot, so a step costs S groups, not G); the others' states
+    wait unchanged. Their estimates are weighted (G/S)·w_i, which keeps the mean unbiased for
+    Σ_i w_i ĝ_i; ``meta_loss_groups`` is NaN for the groups not drawn. 0 (or >= G): every group.
+    """
+    num = len(estimators)
+    if 0 < per_step < num:
+        return _estimate_sampled(key, theta, states, data, hparams, estimators, weights, per_step)
+    keys = jax.random.split(key, num)
     grads, new_states, group = [], [], []
     for est, k, s, d, h in zip(estimators, keys, states, data, hparams):
         g, s, m = est.estimate(k, theta, s, h, data=d)
@@ -109,12 +120,40 @@ def estimate_groups(
     metrics = {
         "meta_loss": jnp.sum(jnp.asarray(weights, jnp.float32) * losses),
         "meta_loss_groups": losses,
-        **{
-            name: sum(m[name] for m in group)
-            for name in ("inner_steps", "num_nonfinite", "num_zeroed", "num_resets")
-        },
+        **{name: sum(m[name] for m in group) for name in _SUMMED},
     }
     return grad, tuple(new_states), metrics
+
+
+_SUMMED = ("inner_steps", "num_nonfinite", "num_zeroed", "num_resets")
+
+
+def _estimate_sampled(key, theta, states, data, hparams, estimators, weights, per_step):
+    """`estimate_groups` on S groups drawn without replacement: Σ_{i∈S} (G/S) w_i ĝ_i."""
+    num = len(estimators)
+    k_pick, k_est = jax.random.split(key)
+    picks = jax.random.choice(k_pick, num, (per_step,), replace=False)  # (S,) distinct group indices
+    scale = jnp.asarray(weights, jnp.float32) * (num / per_step)  # (G,)
+
+    def branch(i):
+        def run(k, states):
+            g, s, m = estimators[i].estimate(k, theta, states[i], hparams[i], data=data[i])
+            return g, states[:i] + (s,) + states[i + 1 :], m
+
+        return run
+
+    branches = [branch(i) for i in range(num)]
+    grad = jax.tree.map(jnp.zeros_like, theta)
+    losses = jnp.full((num,), jnp.nan, jnp.float32)
+    meta_loss, summed = jnp.float32(0.0), {name: jnp.int32(0) for name in _SUMMED}
+    for slot, k in enumerate(jax.random.split(k_est, per_step)):
+        i = picks[slot]
+        g, states, m = jax.lax.switch(i, branches, k, states)
+        grad = jax.tree.map(lambda acc, x: acc + scale[i] * x, grad, g)
+        losses = losses.at[i].set(m["meta_loss"])
+        meta_loss = meta_loss + scale[i] * m["meta_loss"]
+        summed = {name: summed[name] + m[name] for name in _SUMMED}
+    return grad, states, {"meta_loss": meta_loss, "meta_loss_groups": losses, **summed}
 
 
 def apply_outer(
@@ -132,12 +171,19 @@ def apply_outer(
 
 
 def outer_step(
-    state: OuterState, data: tuple, hparams: tuple, *, estimators: tuple, weights: tuple, outer_opt
+    state: OuterState,
+    data: tuple,
+    hparams: tuple,
+    *,
+    estimators: tuple,
+    weights: tuple,
+    outer_opt,
+    per_step: int = 0,
 ) -> tuple[OuterState, dict[str, jax.Array]]:
     """One outer step: estimate on every group, average, update theta (skipping non-finite updates)."""
     key, k_est = jax.random.split(state.key)
     grad, est_states, metrics = estimate_groups(
-        k_est, state.theta, state.estimator_states, data, hparams, estimators, weights
+        k_est, state.theta, state.estimator_states, data, hparams, estimators, weights, per_step
     )
     theta, opt_state, skipped, outer_metrics = apply_outer(state, grad, metrics["meta_loss"], outer_opt)
     num_skipped = state.num_skipped + skipped.astype(jnp.int32)
@@ -195,12 +241,17 @@ class MetaTrainer:
     weights: tuple[float, ...]  # of each group in the average (its share of the particles)
     outer_opt: optax.GradientTransformationExtraArgs
     hparams: tuple[dict, ...]  # each estimator's numeric hyperparameters (σ), jit arguments
+    per_step: int = 0  # S: groups estimated per outer step, drawn anew each step (0: all of them)
     step: Any = dataclasses.field(init=False, repr=False, compare=False)  # jitted outer_step
     _init_jit: Any = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         step = functools.partial(
-            outer_step, estimators=self.estimators, weights=self.weights, outer_opt=self.outer_opt
+            outer_step,
+            estimators=self.estimators,
+            weights=self.weights,
+            outer_opt=self.outer_opt,
+            per_step=self.per_step,
         )
         # ``step(state, data, hparams) -> (state, metrics)``. Not donating the state is deliberate:
         # measured, donation made large populations' steps 2-4x slower (copies around the scan's conds).
@@ -230,7 +281,7 @@ class MetaTrainer:
             h = est.default_hparams()
             hparams.append({**h, "sigma": jnp.float32(cfg.sigma)} if "sigma" in h else h)
         weights = tuple(n / cfg.num_groups for _, _, n in groups)
-        return cls(learned, estimators, weights, outer_optimizer(cfg), tuple(hparams))
+        return cls(learned, estimators, weights, outer_optimizer(cfg), tuple(hparams), cfg.groups_per_step)
 
     def data(self) -> tuple:
         """Each group's device-resident arrays: pass them to `step` (never baked in as constants)."""
@@ -259,8 +310,11 @@ class MetaTrainer:
         zero = jnp.zeros([], jnp.int32)
         return OuterState(theta, self.outer_opt.init(theta), states, zero, k_run, zero)
 
-    def inner_steps_per_outer_step(self) -> int:
-        return sum(est.inner_steps_per_estimate() for est in self.estimators)
+    def inner_steps_per_outer_step(self) -> float:
+        """Inner steps of one outer step (with ``per_step`` groups drawn: its expected value)."""
+        total = sum(est.inner_steps_per_estimate() for est in self.estimators)
+        num = len(self.estimators)
+        return total * self.per_step / num if 0 < self.per_step < num else total
 
     def describe(self) -> list[str]:
         return [
@@ -353,10 +407,10 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Metric rows to ``metrics.jsonl`` (one JSON object per line, with its ``step``) and, when
-    tensorboardX is installed, to TensorBoard event files under ``tb/``."""
+    """Metric rows to ``metrics.jsonl`` (one JSON object per line, with its ``step``) and to
+    TensorBoard event files under ``tb/`` (scalars only: per-group vectors stay in the JSON)."""
 
-    def __init__(self, out: Path, start_step: int, console: Console):
+    def __init__(self, out: Path, start_step: int):
         self.path = out / "metrics.jsonl"
         kept = []
         if start_step > 0 and self.path.exists():  # resumed: drop rows after the checkpoint
@@ -364,33 +418,22 @@ class MetricsLog:
         self.file = open(self.path, "w")  # noqa: SIM115  (open for the whole run; `close` closes it)
         self.file.writelines(line + "\n" for line in kept)
         self.file.flush()
-        try:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
-        except ImportError:
-            self.tb = None
-            console.print(
-                "[dim]tensorboardX is not installed: no TensorBoard event files (metrics.jsonl only).[/]"
-            )
+        self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         self.file.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for name, value in row.items():
-                if name != "step" and isinstance(value, int | float):
-                    self.tb.add_scalar(name, value, step)
+        for name, value in row.items():
+            if name != "step" and isinstance(value, int | float):
+                self.tb.add_scalar(name, value, step)
 
     def flush(self) -> None:
         self.file.flush()
-        if self.tb is not None:
-            self.tb.flush()
+        self.tb.flush()
 
     def close(self) -> None:
         self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        self.tb.close()
 
 
 def _row_step(line: str) -> float:
@@ -424,7 +467,7 @@ def meta_train(
 
     Writes to ``config.out``: ``config.json`` (the resolved config and the task groups),
     ``metrics.jsonl`` (every outer step; ``eval/*`` rows at evaluations), ``tb/`` (TensorBoard, if
-    tensorboardX is installed), ``checkpoints/`` (atomic, every ``ckpt_every`` steps or
+    scalars), ``checkpoints/`` (atomic, every ``ckpt_every`` steps or
     ``ckpt_minutes`` minutes and at the end) and ``theta.safetensors`` (`save_theta`). With
     ``config.resume`` it continues from the latest checkpoint, whose config must match (all fields
     but `lopt.config.RUN_CONTROL`); the result is bitwise the same as an uninterrupted run.
@@ -461,7 +504,7 @@ def meta_train(
     )
     console.print({"config": resolved, "groups": trainer.describe()})
     inner_per_step = trainer.inner_steps_per_outer_step()
-    log = MetricsLog(out, start, console)
+    log = MetricsLog(out, start)
     evaluator = HeldOutEval(cfg, trainer.learned) if cfg.eval_every else None
     pending: list[tuple[int, dict]] = []
     t_mark, step_mark = None, start

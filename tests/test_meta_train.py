@@ -148,6 +148,46 @@ def test_same_seed_same_theta():
     assert all(r["inner_steps"] == trainer.inner_steps_per_outer_step() == 2 * 4 * 5 for r in rows)
 
 
+def test_groups_per_step_draws_groups_and_weights_them_unbiasedly():
+    """With 3 distinct quadratic groups and S = 2 per step: each step's meta-gradient is
+    (G/S) Σ_{i drawn} w_i ĝ_i with ĝ_i the estimator called by hand on the same key, the groups
+    not drawn keep their state bitwise, and over steps every group gets drawn."""
+    cfg = MetaTrainConfig(**{**TINY, "space": '{"dims": [2, 4, 8]}', "num_groups": 6}, groups_per_step=2)
+    trainer = MetaTrainer.build(cfg)
+    num = len(trainer.estimators)
+    assert num == 3 and trainer.per_step == 2
+    assert trainer.inner_steps_per_outer_step() == 2 / 3 * sum(
+        e.inner_steps_per_estimate() for e in trainer.estimators
+    )
+    state, data = trainer.init(jax.random.key(0)), trainer.data()
+    drawn_ever = set()
+    sgd = optax.sgd(1.0)  # theta_new = theta - g exposes g
+    step = jax.jit(lambda s: outer_step(s, data, trainer.hparams, estimators=trainer.estimators,
+                                        weights=trainer.weights, outer_opt=sgd, per_step=2))  # fmt: skip
+    state = state._replace(opt_state=sgd.init(state.theta))
+    for _ in range(4):
+        new, metrics = step(state)
+        _, k_est = jax.random.split(state.key)
+        k_pick, k_slots = jax.random.split(k_est)
+        picks = np.asarray(jax.random.choice(k_pick, num, (2,), replace=False))
+        drawn_ever.update(int(i) for i in picks)
+        expected = jax.tree.map(jnp.zeros_like, state.theta)
+        for i, k in zip(picks, jax.random.split(k_slots, 2)):
+            est = trainer.estimators[i]
+            g, s_i, m = est.estimate(k, state.theta, state.estimator_states[i], trainer.hparams[i], data=data[i])
+            w = trainer.weights[i] * num / 2
+            expected = jax.tree.map(lambda a, b, w=w: a + w * b, expected, g)
+            assert _bits(new.estimator_states[i]) == _bits(s_i)
+            np.testing.assert_allclose(metrics["meta_loss_groups"][i], m["meta_loss"], rtol=1e-6)
+        for i in set(range(num)) - {int(j) for j in picks}:
+            assert _bits(new.estimator_states[i]) == _bits(state.estimator_states[i])  # waited
+            assert np.isnan(metrics["meta_loss_groups"][i])
+        got = jax.tree.map(lambda a, b: a - b, state.theta, new.theta)  # plain SGD(1): theta - theta' = g
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), got, expected)
+        state = new
+    assert drawn_ever == {0, 1, 2}
+
+
 class _CountState(NamedTuple):
     count: jax.Array
 
@@ -215,11 +255,28 @@ def test_learned_optimizer_as_outer_optimizer(tmp_path):
     assert int(state.num_skipped) == 0
     assert all(r["update_norm"] > 0 for r in rows[1:])
     assert losses[-50:].mean() < losses[:50].mean() - 0.01, (losses[:50].mean(), losses[-50:].mean())
-    try:
-        import tensorboardX  # noqa: F401  (optional: TensorBoard event files when it is installed)
-    except ImportError:
-        return
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    scalars = _tensorboard_scalars(tmp_path / "tb")
+    np.testing.assert_allclose(scalars["meta_loss"], losses, rtol=1e-6)  # the same values, every step
+    assert len(scalars["update_norm"]) == 200
+
+
+def _tensorboard_scalars(directory) -> dict[str, list[float]]:
+    """Tag -> values in step order, read from the TFRecord event files by hand (length, crc, Event)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        raw = path.read_bytes()
+        at = 0
+        while at < len(raw):
+            (length,) = struct.unpack("<Q", raw[at : at + 8])
+            event = Event.FromString(raw[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for v in event.summary.value:
+                found.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return {tag: [v for _, v in sorted(rows)] for tag, rows in found.items()}
 
 
 # --- config files and flags ---------------------------------------------------------------------
