@@ -14,6 +14,10 @@ from lopt.optimizers import get_learned as get_learned
 from lopt.optimizers import load_theta as load_theta
 from lopt.optimizers import lookahead as lookahead
 from lopt.optimizers import save_theta as save_theta
+from lopt.pretrained import PRETRAINED as PRETRAINED
+from lopt.pretrained import load_pretrained as load_pretrained
+from lopt.pretrained import model_card as model_card
+from lopt.pretrained import pretrained as pretrained
 from lopt.tasks import SPLITS as SPLITS
 from lopt.tasks import Task as Task
 from lopt.tasks import TaskConfig as TaskConfig

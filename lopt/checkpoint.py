@@ -452,6 +452,16 @@ def restore(path: str | os.PathLike, template: Any, *, expect_config: Any = None
     return jax.tree_util.tree_unflatten(treedef, leaves), config, step
 
 
+def read_config(path: str | os.PathLike) -> Any:
+    """The config a checkpoint records (its checksum verified), without restoring any state."""
+    path = Path(path)
+    metadata, _ = _read(path)
+    try:
+        return json.loads(metadata["config"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(path, f"bad header: unreadable metadata ({err})") from None
+
+
 def restore_latest(
     directory: str | os.PathLike, template: Any, *, expect_config: Any = None
 ) -> tuple[Any, Any, int] | None:

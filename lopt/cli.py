@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lopt.config import MetaTrainConfig
+from lopt.demo import DemoConfig
 from lopt.report import EvalConfig
 
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -67,18 +68,12 @@ def tasks_list(measure: bool = True, steps: int = 200) -> None:
     console.print(table)
 
 
-def demo(out: str = "runs/demo", steps: int = 1000, seeds: int = 3, seed: int = 0) -> None:
-    """The main job: train held-out tasks with Adam over a learning-rate grid and print a table.
-
-    Args:
-        out: output directory (results.json, config.json).
-        steps: training steps per run.
-        seeds: seeds per (task, learning rate), vmapped.
-        seed: the random seed of everything.
-    """
+def demo(cfg: Annotated[DemoConfig, tyro.conf.arg(name="")] = DemoConfig()) -> None:
+    """The main job: the pretrained optimizer vs tuned Adam on held-out tasks, a short meta-training
+    run from scratch, and an HTML report with figures (<out>/report.html); prints the summary."""
     from lopt.demo import run_demo
 
-    run_demo(out=out, steps=steps, seeds=seeds, seed=seed)
+    run_demo(cfg, console=console)
 
 
 def eval_(cfg: Annotated[EvalConfig, tyro.conf.arg(name="")] = EvalConfig()) -> None:

@@ -127,6 +127,18 @@ class MetaTrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_CONTROL}
 
 
+def checkpoint_expectation(cfg: MetaTrainConfig, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """What a checkpoint's recorded config must equal for ``cfg`` to resume from it: ``cfg.trajectory()``
+    without the fields the checkpoint predates (absent from ``saved``) that hold their default -- a
+    field added to lopt later, whose default reproduces the old behaviour, does not block a resume."""
+    defaults = MetaTrainConfig()
+    return {
+        k: v
+        for k, v in cfg.trajectory().items()
+        if saved is None or k in saved or v != getattr(defaults, k)
+    }
+
+
 def _tuples(value: Any) -> Any:
     """JSON lists (nested) as tuples, so values are hashable like the dataclass defaults."""
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

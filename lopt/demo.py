@@ -1,9 +1,16 @@
-"""`lopt demo`: the main end-to-end job that exists today.
+"""`lopt demo`: the main job, end to end in a few minutes on a laptop CPU.
 
-Trains three held-out tasks (one CNN on Fashion-MNIST, the transformer char-LM on KJV, the 1-D
-conv net on MNIST-1D) with Adam over a learning-rate grid, several seeds each (learning rates and
-seeds vmapped in one compiled program per task), selects the learning rate on the outer-valid
-split, reports the test split, prints a table and writes ``results.json`` and ``config.json``.
+1. **Pretrained vs tuned Adam on held-out tasks.** Three tasks of families never seen in
+   meta-training (by default a CNN on Fashion-MNIST, the transformer char-LM on KJV and the 1-D
+   conv net on MNIST-1D; of each family the cheapest of three sampled tasks) are trained with the
+   shipped pretrained optimizer (no hyperparameters) and with Adam over a learning-rate grid, several
+   seeds each (settings and seeds vmapped in one compiled program per task). Adam's rate is
+   selected on the outer-valid split; everything reported is on the test split.
+2. **Meta-training from scratch.** PES meta-trains a fresh `mlp` learned optimizer on a small task
+   family (10-d quadratics) for a few hundred outer steps, then compares it with its own
+   initialization and with Adam (lr 1e-3) on fresh tasks of that family.
+3. **Report.** ``<out>/report.html`` and ``report.md`` with the figures (``figures/``), the tables,
+   ``results.json`` and the resolved ``config.json``; the summary table is printed.
 """
 
 from __future__ import annotations
@@ -20,81 +27,216 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from lopt import figures
+from lopt.config import MetaTrainConfig
 from lopt.evaluate import evaluate_hparams
 from lopt.optimizers import get_baseline
+from lopt.pretrained import load_pretrained
 from lopt.tasks.base import Task
-from lopt.tasks.suites import get_suite
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    """Resolved configuration of a demo run (written to config.json)."""
+    """`lopt demo`: the pretrained optimizer against tuned Adam, and a short meta-training run."""
 
-    out: str = "runs/demo"  # output directory
-    steps: int = 1000  # training steps per run
-    seeds: int = 3  # seeds per learning rate (vmapped)
-    seed: int = 0  # random seed of everything
-    families: tuple[str, ...] = ("cnn", "transformer_lm", "conv1d")  # held-out families to train
-    learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # Adam grid
+    out: str = "runs/demo"  # output directory: report.html, report.md, figures/, results.json, config.json
+    pretrained: str = "mlp-small-v1"  # the shipped optimizer to compare (lopt.PRETRAINED)
+    families: tuple[str, ...] = ("cnn", "transformer_lm", "conv1d")  # held-out families, one task each
+    steps: int = 1000  # training steps per run on the held-out tasks
+    seeds: int = 3  # seeds per setting (vmapped); tables use the median over seeds
+    learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # Adam's grid
     eval_every: int = 100  # steps between validation / test evaluations
+    meta_steps: int = 300  # outer steps of the meta-training part (0: skip it); ~1 min here
+    seed: int = 0  # seed of task sampling and of every run
 
 
-def adam_grid(key: jax.Array, task: Task, cfg: DemoConfig) -> dict:
-    """Final metrics for every (learning rate, seed): split -> metric -> (L, S). One compiled
-    program per task: learning rates and seeds are vmapped."""
+def heldout_tasks(cfg: DemoConfig) -> list[Task]:
+    """One task per family of the held-out suite: the cheapest of three sampled (as `lopt eval`)."""
+    from lopt.report import EvalConfig, suite_tasks
+
+    tasks = suite_tasks(EvalConfig(families=cfg.families, per_family=1, candidates=3, seed=cfg.seed))
+    order = {f: i for i, f in enumerate(cfg.families)}
+    return sorted(tasks, key=lambda t: order[t.family.name])
+
+
+def compare_on_task(key: jax.Array, task: Task, cfg: DemoConfig, learned, theta) -> dict:
+    """The pretrained optimizer and Adam's grid on one task: curves and the selected results."""
+    options = {"num_steps": cfg.steps, "num_seeds": cfg.seeds, "eval_every": cfg.eval_every,
+               "eval_splits": ("outer_valid", "test")}  # fmt: skip
+    t0 = time.perf_counter()
     lrs = {"learning_rate": jnp.asarray(cfg.learning_rates, jnp.float32)}
-    curves = evaluate_hparams(
-        key, task, lrs, make=get_baseline("adam").make, num_steps=cfg.steps, num_seeds=cfg.seeds,
-        eval_every=cfg.eval_every, eval_splits=("outer_valid", "test"),
-    )
-    return jax.tree.map(lambda x: x[..., -1], curves.eval)
+    adam = jax.device_get(evaluate_hparams(key, task, lrs, make=get_baseline("adam").make, **options))
+    t1 = time.perf_counter()
+    theta1 = jax.tree.map(lambda x: x[None], theta)  # one setting
+    mine = jax.device_get(evaluate_hparams(key, task, theta1, make=learned.transform, **options))
+    t2 = time.perf_counter()
+    valid = np.median(adam.eval["outer_valid"]["loss"][..., -1], axis=1)  # (L,) median over seeds
+    best = int(np.argmin(np.where(np.isfinite(valid), valid, np.inf)))
+
+    def final(curves, i, split="test", metric="loss"):
+        values = curves.eval[split].get(metric)
+        return None if values is None else float(np.median(values[i, :, -1]))
+
+    return {
+        "task": task.name,
+        "params": task.num_params(),
+        "adam_best_lr": cfg.learning_rates[best],
+        "adam_test_loss": final(adam, best),
+        "adam_test_accuracy": final(adam, best, metric="accuracy"),
+        "adam_valid_loss_per_lr": [float(v) for v in valid],
+        "adam_test_loss_per_lr": [final(adam, i) for i in range(len(cfg.learning_rates))],
+        "pretrained_test_loss": final(mine, 0),
+        "pretrained_test_accuracy": final(mine, 0, metric="accuracy"),
+        "adam_seconds": t1 - t0,
+        "pretrained_seconds": t2 - t1,
+        "_panel": (task.name, {f"Adam lr {cfg.learning_rates[best]:g} (tuned)": _panel(adam, best),
+                               cfg.pretrained: _panel(mine, 0)}),  # fmt: skip
+    }
 
 
-def run_demo(out: str = "runs/demo", steps: int = 1000, seeds: int = 3, seed: int = 0) -> list[dict]:
-    """Run the demo and return its result rows (also written to ``out/results.json``)."""
-    cfg = DemoConfig(out=out, steps=steps, seeds=seeds, seed=seed)
-    console = Console(width=None if sys.stdout.isatty() else 150)
-    os.makedirs(cfg.out, exist_ok=True)
+def _panel(curves, i: int) -> dict:
+    return {
+        "train": np.asarray(curves.train_loss[i]),
+        "eval_steps": np.asarray(curves.eval_steps),
+        "test": np.asarray(curves.eval["test"]["loss"][i]),
+        "diverged": bool(np.all(curves.diverged_step[i] < curves.train_loss.shape[-1])),
+    }
+
+
+def meta_train_small(cfg: DemoConfig, console: Console) -> dict:
+    """PES meta-training of a fresh `mlp` on 10-d quadratics; its meta-loss curve and a held-out check."""
+    from lopt.meta_train import HeldOutEval, MetaTrainer, meta_train
+
+    out = os.path.join(cfg.out, "meta_train")
+    if os.path.isdir(os.path.join(out, "checkpoints")):  # a rerun of the demo starts this part afresh
+        import shutil
+
+        shutil.rmtree(out)
+    mcfg = MetaTrainConfig(
+        family="quadratic", space='{"dims": [10]}', num_groups=1, num_particles=8, truncation_length=50,
+        horizon=(200, 200), outer_lr=3e-3, warmup=20, num_steps=cfg.meta_steps, eval_every=0,
+        eval_suite="same", eval_tasks=12, eval_steps=200, eval_seeds=1, ckpt_every=0, ckpt_minutes=0,
+        log_every=50, out=out, seed=cfg.seed,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    state = meta_train(mcfg, console=console, progress=sys.stdout.isatty())
+    seconds = time.perf_counter() - t0
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    losses = np.array([r["meta_loss"] for r in rows if "meta_loss" in r], np.float64)
+    evaluator = HeldOutEval(mcfg, MetaTrainer.build(mcfg).learned)
+    init_theta = MetaTrainer.build(mcfg).init(jax.random.key(mcfg.seed)).theta
+    trained, untrained, adam = evaluator.losses(state.theta), evaluator.losses(init_theta), evaluator.adam_losses()
+    return {
+        "config": dataclasses.asdict(mcfg),
+        "seconds": seconds,
+        "meta_loss": losses.tolist(),
+        "fresh_tasks": len(trained),
+        "trained_test_loss": float(np.median(trained)),
+        "untrained_test_loss": float(np.median(untrained)),
+        "adam_test_loss": float(np.median(adam)),
+        "trained_beats_untrained": int(np.sum(trained < untrained)),
+        "trained_beats_adam": int(np.sum(trained < adam)),
+    }
+
+
+def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> dict:
+    """Run the demo; returns what ``results.json`` holds."""
+    console = console or Console(width=None if sys.stdout.isatty() else 150)
+    os.makedirs(os.path.join(cfg.out, "figures"), exist_ok=True)
     with open(os.path.join(cfg.out, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2)
-    console.print(f"[bold]lopt demo[/]: Adam over {len(cfg.learning_rates)} learning rates x {cfg.seeds} seeds, "
-                  f"{cfg.steps} steps, on held-out tasks (config in {cfg.out}/config.json)")
-    suite = get_suite("test")
-    by_family = {f.name: f for f in suite.families()}
+    learned, theta = load_pretrained(cfg.pretrained)
+    console.print(
+        f"[bold]lopt demo[/]: {cfg.pretrained} (no hyperparameters) vs Adam tuned over {len(cfg.learning_rates)} "
+        f"learning rates, {cfg.seeds} seeds, {cfg.steps} steps, on held-out tasks (config: {cfg.out}/config.json)"
+    )
+    t0 = time.perf_counter()
     rows = []
-    key = jax.random.key(cfg.seed)
-    for i, name in enumerate(cfg.families):
-        family = by_family[name]
-        task = family.task(family.sample(jax.random.fold_in(key, 2 * i)))
-        t0 = time.perf_counter()
-        m = jax.device_get(adam_grid(jax.random.fold_in(key, 2 * i + 1), task, cfg))
-        seconds = time.perf_counter() - t0
-        valid = np.median(m["outer_valid"]["loss"], axis=1)  # (L,) median over seeds
-        valid = np.where(np.isfinite(valid), valid, np.inf)
-        best = int(np.argmin(valid))
-        row = {
-            "task": task.name,
-            "params": task.num_params(),
-            "best_lr": cfg.learning_rates[best],
-            "test_loss": float(np.median(m["test"]["loss"][best])),
-            "test_accuracy": float(np.median(m["test"]["accuracy"][best])) if "accuracy" in m["test"] else None,
-            "valid_loss_per_lr": [float(v) for v in valid],
-            "test_loss_per_lr": [float(np.median(v)) for v in m["test"]["loss"]],
-            "seconds": seconds,
-            "steps_per_second": len(cfg.learning_rates) * cfg.seeds * cfg.steps / seconds,
-        }
+    for i, task in enumerate(heldout_tasks(cfg)):
+        row = compare_on_task(jax.random.fold_in(jax.random.key(cfg.seed), i), task, cfg, learned, theta)
+        console.print(
+            f"  {row['task']}: {cfg.pretrained} test loss {row['pretrained_test_loss']:.4f}, tuned Adam "
+            f"{row['adam_test_loss']:.4f} (lr {row['adam_best_lr']:g}) "
+            f"({row['adam_seconds'] + row['pretrained_seconds']:.0f} s)"
+        )
         rows.append(row)
-        console.print(f"  {task.name}: best lr {row['best_lr']:g}, test loss {row['test_loss']:.4f} ({seconds:.0f} s)")
+    figures.curves_figure(os.path.join(cfg.out, "figures", "heldout_curves.png"), [r.pop("_panel") for r in rows])
+    meta = None
+    if cfg.meta_steps:
+        console.print(f"[bold]meta-training[/] a fresh mlp optimizer with PES for {cfg.meta_steps} outer steps")
+        meta = meta_train_small(cfg, console)
+        figures.meta_loss_figure(os.path.join(cfg.out, "figures", "meta_loss.png"), {"PES, AdamW outer": meta["meta_loss"]})
+    results = {"heldout": rows, "meta_train": meta, "seconds": time.perf_counter() - t0}
     with open(os.path.join(cfg.out, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    table = Table(title="Adam, learning rate selected on outer-valid, median test metrics over seeds")
-    for col in ("task", "params", "best lr", "test loss", "test acc", "test loss at each lr", "steps/s (all runs)"):
+        json.dump(results, f, indent=2)
+    blocks = report_blocks(cfg, results)
+    from lopt.report import to_html, to_markdown
+
+    with open(os.path.join(cfg.out, "report.md"), "w") as f:
+        f.write(to_markdown(blocks))
+    with open(os.path.join(cfg.out, "report.html"), "w") as f:
+        f.write(to_html(blocks, "lopt demo"))
+    console.print(summary_table(cfg, rows))
+    if meta:
+        console.print(
+            f"meta-trained from scratch in {meta['seconds']:.0f} s: median test loss on {meta['fresh_tasks']} fresh "
+            f"quadratics {meta['trained_test_loss']:.4g} (its init {meta['untrained_test_loss']:.4g}, "
+            f"Adam 1e-3 {meta['adam_test_loss']:.4g})"
+        )
+    console.print(f"report: {cfg.out}/report.html (total {results['seconds']:.0f} s)")
+    return results
+
+
+def _winner(row: dict, name: str) -> str:
+    mine, adam = row["pretrained_test_loss"], row["adam_test_loss"]
+    if not np.isfinite(mine if mine is not None else np.nan):
+        return "Adam (pretrained diverged)"
+    return name if mine < adam else "tuned Adam"
+
+
+def summary_table(cfg: DemoConfig, rows: list[dict]) -> Table:
+    table = Table(title=f"held-out tasks: {cfg.pretrained} vs tuned Adam, median test loss over {cfg.seeds} seeds")
+    for col in ("task", "params", "Adam lr (tuned)", "Adam test loss", f"{cfg.pretrained} test loss", "better"):
         table.add_column(col)
     for r in rows:
-        acc = "-" if r["test_accuracy"] is None else f"{r['test_accuracy']:.3f}"
-        per_lr = " ".join(f"{v:.3g}" for v in r["test_loss_per_lr"])
-        table.add_row(r["task"], f"{r['params']:,}", f"{r['best_lr']:g}", f"{r['test_loss']:.4f}", acc, per_lr,
-                      f"{r['steps_per_second']:,.0f}")
-    console.print(table)
-    console.print(f"results: {cfg.out}/results.json")
-    return rows
+        table.add_row(r["task"], f"{r['params']:,}", f"{r['adam_best_lr']:g}", f"{r['adam_test_loss']:.4f}",
+                      f"{r['pretrained_test_loss']:.4f}", _winner(r, cfg.pretrained))  # fmt: skip
+    return table
+
+
+def report_blocks(cfg: DemoConfig, results: dict) -> list[tuple]:
+    rows, meta = results["heldout"], results["meta_train"]
+    wins = sum(_winner(r, cfg.pretrained) == cfg.pretrained for r in rows)
+    blocks = [
+        ("h1", "lopt demo"),
+        ("p", f"Held-out tasks (families never seen in meta-training), {cfg.steps} steps, {cfg.seeds} seeds: "
+              f"the pretrained {cfg.pretrained} (no hyperparameters) against Adam with its learning rate chosen "
+              f"from {list(cfg.learning_rates)} on the outer-valid split. Test split, median over seeds. "
+              f"{cfg.pretrained} is better on {wins} of {len(rows)} tasks. Total wall time "
+              f"{results['seconds']:.0f} s. Command: `lopt demo`; resolved config: config.json."),  # fmt: skip
+        ("table", ["task", "params", "Adam lr (tuned)", "Adam test loss", "Adam test acc",
+                   f"{cfg.pretrained} test loss", f"{cfg.pretrained} test acc", "better"],
+         [[r["task"], f"{r['params']:,}", f"{r['adam_best_lr']:g}", _fmt(r["adam_test_loss"]),
+           _fmt(r["adam_test_accuracy"]), _fmt(r["pretrained_test_loss"]), _fmt(r["pretrained_test_accuracy"]),
+           _winner(r, cfg.pretrained)] for r in rows]),  # fmt: skip
+        ("img", "figures/heldout_curves.png", "training and test loss curves"),
+    ]
+    if meta:
+        blocks += [
+            ("h2", "Meta-training a learned optimizer from scratch"),
+            ("p", f"PES ({meta['config']['num_particles']} tasks x 2 antithetic, truncation "
+                  f"{meta['config']['truncation_length']}, horizon 200) meta-trains a fresh `mlp` optimizer on 10-d "
+                  f"quadratics for {len(meta['meta_loss'])} outer steps ({meta['seconds']:.0f} s). On "
+                  f"{meta['fresh_tasks']} fresh quadratics (200 steps) it beats its own initialization on "
+                  f"{meta['trained_beats_untrained']} and Adam (lr 1e-3) on {meta['trained_beats_adam']}."),
+            ("table", ["optimizer", "median test loss on fresh tasks"],
+             [["meta-trained mlp", _fmt(meta["trained_test_loss"])],
+              ["its initialization", _fmt(meta["untrained_test_loss"])],
+              ["Adam lr 1e-3", _fmt(meta["adam_test_loss"])]]),
+            ("img", "figures/meta_loss.png", "meta-loss during meta-training"),
+        ]  # fmt: skip
+    return blocks
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else ("diverged" if not np.isfinite(x) else f"{x:.4g}")

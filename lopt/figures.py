@@ -132,3 +132,23 @@ def lookahead_figure(path: str, sweeps: Mapping[str, Mapping[str, object]]) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def meta_loss_figure(path: str, curves: Mapping[str, Sequence[float]], width: int = 20) -> None:
+    """Meta-loss against outer step, one line per run (moving average over ``width`` steps, raw in
+    light), e.g. AdamW and a learned optimizer as the outer optimizer side by side."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for i, (name, values) in enumerate(curves.items()):
+        y = np.asarray(values, np.float64)
+        x = np.arange(1, len(y) + 1)
+        color = _COLORS[i % len(_COLORS)]
+        ax.plot(x, y, color=color, alpha=0.2, lw=0.8)
+        s = _smooth(y, width)
+        ax.plot(x[len(y) - len(s) :], s, color=color, lw=1.6, label=name)
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("meta-loss (normalized, L / L0)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -51,8 +51,9 @@ from rich.console import Console
 from tensorboardX import SummaryWriter
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lopt.checkpoint import CheckpointManager, list_checkpoints
-from lopt.config import OUTER_ADAMW, MetaTrainConfig
+from lopt.checkpoint import CheckpointError, CheckpointManager, latest, list_checkpoints, read_config
+from lopt.checkpoint import restore as restore_checkpoint
+from lopt.config import OUTER_ADAMW, MetaTrainConfig, checkpoint_expectation
 from lopt.estimators.base import GradientEstimator
 from lopt.estimators.registry import get_estimator
 from lopt.evaluate import evaluate, evaluate_hparams
@@ -323,6 +324,28 @@ class MetaTrainer:
         ]
 
 
+def load_run(path: str | Path) -> tuple[MetaTrainer, OuterState, MetaTrainConfig, int]:
+    """(trainer, outer state, config, step) of a meta-training checkpoint file, or of the latest
+    checkpoint of a run directory (``<out>`` or ``<out>/checkpoints``): the trainer is rebuilt from
+    the config the checkpoint records (task groups sampled again from its seed, nothing compiled)."""
+    path = Path(path)
+    if path.is_dir():
+        directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found = list_checkpoints(directory)
+        if not found:
+            raise ConfigError(f"{directory} holds no checkpoint (ckpt_*.safetensors).")
+        path = found[-1]
+    saved = read_config(path)
+    try:
+        cfg = MetaTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    except TypeError as err:
+        raise CheckpointError(path, f"its config does not fit this lopt's MetaTrainConfig ({err})") from None
+    trainer = MetaTrainer.build(cfg)
+    template = jax.eval_shape(trainer._init, jax.random.key(cfg.seed))
+    state, _, step = restore_checkpoint(path, template, expect_config=checkpoint_expectation(cfg, saved))
+    return trainer, state, cfg, step
+
+
 # --- evaluation on held-out tasks -----------------------------------------------------------------
 
 
@@ -487,7 +510,9 @@ def meta_train(
     )
     start = 0
     if cfg.resume:
-        restored = manager.restore_latest(state, expect_config=cfg.trajectory())
+        newest = latest(manager.directory)
+        expect = checkpoint_expectation(cfg, read_config(newest) if newest else None)
+        restored = manager.restore_latest(state, expect_config=expect)
         if restored is None:
             console.print(f"[yellow]--resume: no checkpoint in {manager.directory}, starting from step 0.[/]")
         else:

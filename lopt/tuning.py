@@ -53,7 +53,8 @@ import numpy as np
 import optax
 
 from lopt.evaluate import EVAL_SPLITS, Curves, evaluate_hparams, timed
-from lopt.optimizers import BASELINES, get_baseline, lookahead
+from lopt.optimizers import BASELINES, get_baseline, load_theta, lookahead
+from lopt.pretrained import PRETRAINED, load_pretrained
 from lopt.tasks.base import Task
 from lopt.validate import ConfigError, check_choice, check_range, unknown_name
 
@@ -635,11 +636,25 @@ DEFAULT_METHODS = (
 )
 
 
+def learned_method(name: str, learned: Any, theta: Any, doc: str = "") -> Method:
+    """A learned optimizer with fixed weights as a method: one trial, no tuning (``select="fixed"``)."""
+    search = fixed_search(f"{name}({learned.name})", make=learned.transform, hparams=theta)
+    return Method(name, search, "fixed", doc=doc or f"learned optimizer {learned.name}, no tuning")
+
+
 def get_method(name: str, budget: Budget = Budget()) -> Method:
-    """A named method: a `METHODS` entry; a `BASELINES` name (its defaults, no tuning); or
-    ``<baseline>-lr-per-task`` / ``<baseline>-lr-global`` (its learning rate tuned on `ADAM_LR_GRID`)."""
+    """A named method: a `METHODS` entry; a shipped pretrained optimizer (`lopt.PRETRAINED`) or
+    ``theta:<path>`` (a `save_theta` file), run without tuning; a `BASELINES` name (its defaults, no
+    tuning); or ``<baseline>-lr-per-task`` / ``<baseline>-lr-global`` (its learning rate tuned on
+    `ADAM_LR_GRID`)."""
     if name in METHODS:
         return METHODS[name](budget)
+    if name in PRETRAINED:
+        learned, theta = load_pretrained(name)
+        return learned_method(name, learned, theta, f"pretrained {name}: {PRETRAINED[name].summary}; no tuning")
+    if name.startswith("theta:"):
+        learned, theta = load_theta(name[len("theta:") :])
+        return learned_method(name, learned, theta, f"learned optimizer {learned.name} from {name[6:]}; no tuning")
     if name in BASELINES:
         b = BASELINES[name]
         hparams = {k: np.float32(v) for k, v in b.defaults.items()}
@@ -658,7 +673,9 @@ def get_method(name: str, budget: Budget = Budget()) -> Method:
                 doc=f"{name[: -len(suffix)]}, learning rate from 15 tuned {select.replace('_', ' ')}",
             )
     raise unknown_name(
-        "optimizer", name, [*METHODS, *BASELINES, "<baseline>-lr-per-task", "<baseline>-lr-global"]
+        "optimizer",
+        name,
+        [*METHODS, *PRETRAINED, *BASELINES, "<baseline>-lr-per-task", "<baseline>-lr-global", "theta:<path>"],
     )
 
 

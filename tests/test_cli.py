@@ -1,7 +1,5 @@
 """The `lopt` command line: dispatch, clear errors for bad input, and the data listing."""
 
-import json
-
 import pytest
 
 from lopt.cli import main
@@ -38,18 +36,3 @@ def test_data_list_shows_every_dataset(capsys, tmp_path, monkeypatch):
     lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
     assert "no" in lines["mnist"] and "11.50 MB" in lines["mnist"]
     assert "yes" in lines["moons"] and "procedural" in lines["moons"]
-
-
-@pytest.mark.slow
-def test_demo_writes_config_and_results(tmp_path):
-    from lopt.demo import run_demo
-
-    rows = run_demo(out=str(tmp_path), steps=100, seeds=1)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["steps"] == 100 and config["seeds"] == 1
-    assert [r["task"] for r in saved] == [r["task"] for r in rows]
-    for r in saved:  # the rate is selected on the validation split; the test loss is reported at it
-        best = min(range(len(r["valid_loss_per_lr"])), key=r["valid_loss_per_lr"].__getitem__)
-        assert r["best_lr"] == config["learning_rates"][best]
-        assert r["test_loss"] == r["test_loss_per_lr"][best]
