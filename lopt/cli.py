@@ -129,6 +129,25 @@ def meta_train(
         sys.exit(f"lopt meta-train: {e}")
 
 
+def export_theta(run: str, out: str, /) -> None:
+    """Write the theta of a meta-training checkpoint (a file, or a run's latest) as a theta file.
+
+    Args:
+        run: a checkpoint file, or a `lopt meta-train` output directory (its latest checkpoint).
+        out: the theta file to write (safetensors, `lopt.load_theta` format).
+    """
+    from lopt.checkpoint import CheckpointError
+    from lopt.meta_train import load_run
+    from lopt.optimizers.learned import save_theta
+
+    try:
+        trainer, state, _, step = load_run(run)
+    except CheckpointError as e:
+        sys.exit(f"lopt export-theta: {e}")
+    save_theta(out, trainer.learned, state.theta)
+    console.print(f"theta of {trainer.learned.name} at outer step {step} written to {out}")
+
+
 COMMANDS: dict[str, dict[str, Callable]] = {
     "data": {"fetch": data_fetch, "list": data_list},
     "tasks": {"list": tasks_list},
@@ -136,6 +155,7 @@ COMMANDS: dict[str, dict[str, Callable]] = {
     "eval": {"": eval_},
     "report": {"": report},
     "meta-train": {"": meta_train},
+    "export-theta": {"": export_theta},
 }
 
 

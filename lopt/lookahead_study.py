@@ -56,7 +56,7 @@ class Sweep:
 
     lrs: np.ndarray
     test: np.ndarray  # (C, S) final test loss of each seed
-    norm_valid: np.ndarray  # (C,) normalized final outer-valid loss (mean over seeds)
+    norm_valid: np.ndarray  # (C,) normalized final outer-valid loss (median over seeds)
     failed: np.ndarray  # (C,) bool
     best: int  # index selected on outer-valid, -1 if every rate failed
 
@@ -91,7 +91,7 @@ def summarize(results: Mapping[str, Mapping[str, SearchResult]], searches: Mappi
                     "task": task,
                     "optimizer": label,
                     "best_lr": float(sw.lrs[b]) if b >= 0 else float("nan"),
-                    "test_loss": float(test[b].mean()) if b >= 0 else float("nan"),
+                    "test_loss": float(np.median(test[b])) if b >= 0 else float("nan"),
                     "seed_std": float(test[b].std()) if b >= 0 else float("nan"),
                     "median_seed_std": float(np.median(test[~bad].std(-1))) if (~bad).any() else float("nan"),
                     "good_lrs": sw.good,

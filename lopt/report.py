@@ -82,7 +82,7 @@ class EvalConfig:
     )
     families: tuple[str, ...] = ()  # keep only these families of the suite (empty: all)
     steps: int = 1000  # training steps per run; 1000-2000 is affordable on a laptop CPU
-    seeds: int = 3  # seeds per setting, vmapped; selection and tables use their mean
+    seeds: int = 3  # seeds per setting, vmapped; selection and tables use their median
     eval_every: int = 100  # steps between inner-valid / outer-valid / test evaluations (divides steps)
     eval_batches: int = 4  # batches averaged per evaluation
     optimizers: tuple[str, ...] = (
@@ -121,10 +121,10 @@ class Outcome:
     trial: int  # index in the method's search; -1 when every trial failed
     hparams: dict  # the selected trial's hparams
     diverged: bool  # the selected trial failed (a global or fixed setting), or every trial failed
-    valid_loss: float  # final outer-valid loss, mean over seeds (NaN if diverged)
-    test_loss: float  # final test loss, mean over seeds (NaN if diverged)
+    valid_loss: float  # final outer-valid loss, median over seeds (NaN if diverged)
+    test_loss: float  # final test loss, median over seeds (NaN if diverged)
     test_std: float  # its std over seeds
-    test_accuracy: float | None  # final test accuracy, mean over seeds (classifiers)
+    test_accuracy: float | None  # final test accuracy, median over seeds (classifiers)
     norm_test: float  # normalized test loss (CLIP if diverged)
 
 
@@ -182,11 +182,11 @@ def compare(results: Mapping[str, Mapping[str, SearchResult]], methods: Sequence
                     i,
                     m.search.describe(i),
                     False,
-                    float(np.asarray(ev["outer_valid"]["loss"])[i, :, -1].mean()),
-                    float(test.mean()),
+                    float(np.median(np.asarray(ev["outer_valid"]["loss"])[i, :, -1])),
+                    float(np.median(test)),
                     float(test.std()),
-                    None if acc is None else float(np.asarray(acc)[i, :, -1].mean()),
-                    float(normalize(test.mean(), *refs[t]["test"])),
+                    None if acc is None else float(np.median(np.asarray(acc)[i, :, -1])),
+                    float(normalize(np.median(test), *refs[t]["test"])),
                 )
             )
     return out
@@ -263,7 +263,7 @@ def to_html(blocks: Sequence[tuple], title: str) -> str:
 
 NORMALIZATION_TEXT = (
     f"Normalized loss, per task and split: n = clip((L − L_best) / (L_init − L_best), 0, {CLIP:g}), where L is a "
-    "final loss (mean over seeds), L_best the best final loss of any non-diverged setting of any method on that "
+    "final loss (median over seeds), L_best the best final loss of any non-diverged setting of any method on that "
     f"task, and L_init the loss at initialization. 0 is the best run seen, 1 no progress, {CLIP:g} diverged. "
     "Settings are selected on the outer-valid split; every number below is on the test split."
 )
@@ -335,7 +335,7 @@ def report_blocks(
             rows,
         )
     )
-    blocks.append(("h2", "Final test loss (mean over seeds; the selected setting)"))
+    blocks.append(("h2", "Final test loss (median over seeds; the selected setting)"))
     blocks.append(
         ("table", ["task", *names], [[t, *(fmt(by[t, m].test_loss) for m in names)] for t in tasks])
     )

@@ -19,14 +19,14 @@ the ordered NAdamW list" is a prefix of one cached run. The list (``lopt/nadamw_
 built on the *train* suite only by ``python -m lopt.tuning`` (`build_nadamw_list`); the file
 records the command, the budget and the tasks it was built on.
 
-Scores. The score of a trial on a task and split is its final loss (at step N) averaged over
-seeds. A trial has **failed** when any seed diverged (non-finite training loss at some step) or its
+Scores. The score of a trial on a task and split is its final loss (at step N), median over
+seeds (robust to one unlucky seed; with 3 seeds, the middle one). A trial has **failed** when any seed diverged (non-finite training loss at some step) or its
 final outer-valid or test loss is not finite; a failed trial is never selected (`select_per_task`,
 `select_global`). Selection reads ``outer_valid``; reports read ``test``.
 
 Normalization (per task and split): with L the score, L_best the best score of any non-failed
 trial of any search on that task (`best_scores`), and L_init the loss at initialization (step 0,
-mean over seeds; identical for every trial, as all runs share their seeds),
+median over seeds; identical for every trial, as all runs share their seeds),
 
     n = clip((L − L_best) / (L_init − L_best), 0, CLIP),   a failed trial: n = CLIP.
 
@@ -489,8 +489,8 @@ def is_cached(
 
 
 def score(result: SearchResult, split: str = "outer_valid", metric: str = "loss") -> np.ndarray:
-    """(C,) final ``metric`` on ``split`` (at the last evaluation step), mean over seeds."""
-    return np.asarray(result.curves.eval[split][metric])[..., -1].mean(-1)
+    """(C,) final ``metric`` on ``split`` (at the last evaluation step), median over seeds."""
+    return np.median(np.asarray(result.curves.eval[split][metric])[..., -1], axis=-1)
 
 
 def failed(result: SearchResult) -> np.ndarray:
@@ -505,8 +505,8 @@ def failed(result: SearchResult) -> np.ndarray:
 
 
 def init_loss(result: SearchResult, split: str = "outer_valid") -> float:
-    """Loss at initialization (step 0) on ``split``, mean over seeds (the same for every trial)."""
-    return float(np.asarray(result.curves.eval[split]["loss"])[0, :, 0].mean())
+    """Loss at initialization (step 0) on ``split``, median over seeds (the same for every trial)."""
+    return float(np.median(np.asarray(result.curves.eval[split]["loss"])[0, :, 0]))
 
 
 def best_scores(results: Sequence[SearchResult], split: str = "outer_valid") -> float:

@@ -8,10 +8,16 @@ from lopt.tasks import SUITES, get_suite
 from lopt.validate import UnknownNameError
 
 
-def test_train_and_test_suites_share_no_family_dataset_pair():
-    train, test = SUITES["train"].pairs(), SUITES["test"].pairs()
+@pytest.mark.parametrize("train_suite", ["train", "train_nn"])
+def test_train_and_test_suites_share_no_family_dataset_pair(train_suite):
+    train, test = SUITES[train_suite].pairs(), SUITES["test"].pairs()
     assert train and test
     assert train.isdisjoint(test), train & test
+
+
+def test_train_nn_is_the_train_suite_without_its_toy_problems():
+    toys = {"quadratic", "functions2d", "linear_regression"}
+    assert SUITES["train_nn"].pairs() == {(f, d) for f, d in SUITES["train"].pairs() if f not in toys}
 
 
 def test_held_out_only_families_and_datasets():
@@ -43,5 +49,5 @@ def test_task_list_is_reproducible():
 
 
 def test_unknown_suite_lists_names():
-    with pytest.raises(UnknownNameError, match="test, train"):
+    with pytest.raises(UnknownNameError, match="test, train, train_nn"):
         get_suite("heldout")

@@ -234,3 +234,26 @@ def test_fixed_search_runs_a_plain_optax_optimizer_like_evaluate():
     ref = evaluate(tuning._run_key(task, 0), task, opt, num_steps=8, num_seeds=2, eval_every=4)
     np.testing.assert_allclose(res.curves.train_loss[0], ref.train_loss, rtol=1e-6)
     np.testing.assert_allclose(res.curves.eval["test"]["loss"][0], ref.eval["test"]["loss"], rtol=1e-6)
+
+
+def test_scores_are_medians_over_seeds():
+    """One unlucky seed does not decide a selection: trial 0's seeds (1, 2, 30) score 2, trial 1's
+    (3, 3, 3) score 3, so trial 0 is selected although its mean (11) is the worst."""
+    result = synthetic([[1.0, 2.0, 30.0], [3.0, 3.0, 3.0]])
+    np.testing.assert_allclose(score(result), [2.0, 3.0])
+    assert select_per_task(score(result), failed(result)) == 0
+
+
+def test_pretrained_and_theta_file_methods(tmp_path):
+    """A shipped optimizer and a theta file are fixed methods whose single trial is their theta."""
+    import lopt
+
+    m = get_method("mlp-small-v1")
+    learned, theta = lopt.load_pretrained("mlp-small-v1")
+    assert m.select == "fixed" and m.num_trials == 1
+    np.testing.assert_array_equal(m.search.trials["skip"][0], theta["skip"])
+    lopt.save_theta(tmp_path / "t.safetensors", learned, theta)
+    f = get_method(f"theta:{tmp_path / 't.safetensors'}")
+    np.testing.assert_array_equal(f.search.trials["mlp"]["l0"]["w"][0], theta["mlp"]["l0"]["w"])
+    with pytest.raises(UnknownNameError, match="mlp-small-v1"):
+        get_method("no-such-optimizer")

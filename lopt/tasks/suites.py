@@ -78,6 +78,20 @@ SUITES: dict[str, Suite] = {
             _entry("flow", datasets=("moons", "circles", "eight_gaussians", "digits")),
         ),
     ),
+    "train_nn": Suite(
+        "train_nn",
+        "meta-training on neural networks only: the train suite without its quadratics, 2-D functions and "
+        "linear regression (toy problems reward steps too aggressive for networks trained longer)",
+        (
+            _entry("logistic_regression", datasets=("breast_cancer", "wine")),
+            _entry("mlp", datasets=("digits", "mnist", "mnist1d")),
+            _entry("mlp_autoencoder", datasets=("digits", "mnist")),
+            _entry("cnn", datasets=("digits", "mnist")),
+            _entry("rnn_lm"),
+            _entry("vae", datasets=("mnist",)),
+            _entry("flow", datasets=("moons", "circles", "eight_gaussians", "digits")),
+        ),
+    ),
     "test": Suite(
         "test",
         "held-out: MLPs / autoencoders / CNNs / VAEs on Fashion-MNIST, a 1-D conv net on MNIST-1D, "

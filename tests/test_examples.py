@@ -1,0 +1,115 @@
+"""The scripts in ``examples/``: each trains with both optimizers, and their two loops differ in one line.
+
+Skipped when flax or equinox is absent (``pip install -e '.[examples]'``) or Fashion-MNIST is not
+fetched (failing instead under ``$LOPT_REQUIRE_DATA``, as ``make test`` sets it).
+"""
+
+import difflib
+import importlib.util
+import io
+import os
+import re
+import tokenize
+from pathlib import Path
+
+import pytest
+
+from lopt.data import DatasetMissingError, load
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = {"flax_mnist": "flax", "equinox_mnist": "equinox"}  # script -> the library it needs
+OPTIMIZERS = ("pretrained", "adam")
+STEPS = 150  # at batch 128 both optimizers reach ~0.8 test accuracy on Fashion-MNIST
+LOSS_FRACTION = 0.35  # final / initial training loss must fall below this (observed ~0.23)
+MIN_ACCURACY = 0.7  # 10 classes: chance is 0.1; observed ~0.8 after STEPS steps
+
+# The choice line: `<target> = <pretrained> if optimizer_name == "pretrained" else <adam>`.
+_CHOICE = re.compile(
+    r"^(?P<indent>\s*)(?P<target>\w+) = (?P<pretrained>.+)"
+    r' if optimizer_name == "pretrained" else (?P<adam>.+)$'
+)
+
+
+def _source(name: str) -> str:
+    return (EXAMPLES_DIR / f"{name}.py").read_text(encoding="utf-8")
+
+
+def _import(name: str):
+    """The example script ``name`` as a module (skipped when its library is not installed)."""
+    pytest.importorskip(EXAMPLES[name])
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _code_paths(source: str) -> dict[str, list[str]]:
+    """The script as its author would write it for each optimizer: the choice line replaced by one branch."""
+    lines = source.splitlines()
+    choices = [(i, m) for i, line in enumerate(lines) if (m := _CHOICE.match(line))]
+    assert len(choices) == 1, f"expected one optimizer-choice line, found {len(choices)}"
+    ((i, m),) = choices
+    return {
+        name: lines[:i] + [f"{m['indent']}{m['target']} = {m[name]}"] + lines[i + 1 :] for name in OPTIMIZERS
+    }
+
+
+def _name_lines(source: str, name: str) -> list[int]:
+    """Line numbers where the identifier ``name`` occurs in code (not in strings or comments)."""
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return [t.start[0] for t in tokens if t.type == tokenize.NAME and t.string == name]
+
+
+def _diff(name: str) -> list[str]:
+    """The changed lines between the Adam and the pretrained code paths of ``name``, as ``-``/``+`` lines."""
+    paths = _code_paths(_source(name))
+    diff = difflib.unified_diff(paths["adam"], paths["pretrained"], lineterm="", n=0)
+    return [line for line in diff if line[:1] in "+-" and not line.startswith(("---", "+++"))]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_the_two_loops_differ_in_exactly_one_line(name):
+    source = _source(name)
+    lines = source.splitlines()
+    # The choice reaches the program only as main's `optimizer_name`, which is read on the choice line
+    # alone; the command line hands `args.optimizer` to main and to nothing else.
+    def_line = next(i + 1 for i, line in enumerate(lines) if line.startswith("def main("))
+    choice_line = next(i + 1 for i, line in enumerate(lines) if _CHOICE.match(line))
+    assert _name_lines(source, "optimizer_name") == [def_line, choice_line]
+    assert source.count("args.optimizer") == 1
+    assert "sys.argv" not in source
+
+    # Given that, the two code paths are the script with the choice line resolved one way or the other.
+    diff = _diff(name)
+    assert len(diff) == 2, diff
+    assert re.fullmatch(r"-\s*\w+ = optax\.adam\(1e-3\)", diff[0]), diff
+    assert re.fullmatch(r'\+\s*\w+ = lopt\.pretrained\("mlp-small-v1"\)', diff[1]), diff
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_readme_shows_the_one_line_diff(name):
+    readme = (EXAMPLES_DIR / "README.md").read_text(encoding="utf-8")
+    assert "\n".join(_diff(name)) in readme
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist():
+    """Skip (fail under ``$LOPT_REQUIRE_DATA``) when Fashion-MNIST is not fetched."""
+    try:
+        return load("fashion_mnist")
+    except DatasetMissingError as e:
+        if os.environ.get("LOPT_REQUIRE_DATA"):
+            pytest.fail(f"LOPT_REQUIRE_DATA is set but {e}")
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_trains(name, optimizer, fashion_mnist):
+    result = _import(name).main(steps=STEPS, optimizer_name=optimizer)
+    losses = result["losses"]
+    assert len(losses) == STEPS
+    initial = sum(losses[:5]) / 5  # ~ln 10 = 2.3 at initialization
+    assert initial > 1.5, initial
+    assert result["train_loss"] < LOSS_FRACTION * initial, (result["train_loss"], initial)
+    assert result["test_accuracy"] > MIN_ACCURACY, result["test_accuracy"]
