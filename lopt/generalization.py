@@ -116,10 +116,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=1000, help="training steps of the base variants")
     parser.add_argument("--longest-horizon", type=int, default=1000, help="longest meta-training horizon")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--num-tasks", type=int, default=len(BASE_TASKS), help="the first N of BASE_TASKS")
     parser.add_argument("--out", default="runs/generalization")
     args = parser.parse_args(argv)
     learned, theta = load_pretrained(args.pretrained)
-    rows = run_study(base_tasks(), learned, theta, steps=args.steps, longest_horizon=args.longest_horizon,
+    rows = run_study(base_tasks()[: args.num_tasks], learned, theta, steps=args.steps, longest_horizon=args.longest_horizon,
                      seeds=args.seeds, cache=default_cache_dir(), name=args.pretrained)  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "generalization.json"), "w") as f:

@@ -191,11 +191,11 @@ def figure(path: str, result: dict) -> None:
     plt.close(fig)
 
 
-def main(out_dir: str) -> dict:
+def main(out_dir: str, num_steps: int = NUM_STEPS) -> dict:
     """Run the default study; write ``implicit_reg.png`` and ``implicit_reg.json`` (the summary rows,
     the starts, their projections and every optimizer's final points) to ``out_dir``; print the
     table and return the JSON content."""
-    result = run_study(default_optimizers())
+    result = run_study(default_optimizers(), num_steps)
     os.makedirs(out_dir, exist_ok=True)
     figure(os.path.join(out_dir, "implicit_reg.png"), result)
     summary = {
@@ -217,4 +217,6 @@ def main(out_dir: str) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/implicit_reg", help="output directory")
-    main(parser.parse_args().out)
+    parser.add_argument("--steps", type=int, default=NUM_STEPS, help="steps per trajectory")
+    args = parser.parse_args()
+    main(args.out, args.steps)

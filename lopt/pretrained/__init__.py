@@ -49,7 +49,7 @@ PRETRAINED: dict[str, Pretrained] = {
     for p in (
         Pretrained(
             "mlp-small-v1",
-            "per-parameter MLP (hidden 4-4), PES on the lopt train suite; ~100 weights",
+            "per-parameter MLP (hidden 4-4), 100 PES steps on the train_nn suite from Adam-like init; 123 weights",
         ),
     )
 }
