@@ -123,8 +123,9 @@ def meta_train_small(cfg: DemoConfig, console: Console) -> dict:
     seconds = time.perf_counter() - t0
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     losses = np.array([r["meta_loss"] for r in rows if "meta_loss" in r], np.float64)
-    evaluator = HeldOutEval(mcfg, MetaTrainer.build(mcfg).learned)
-    init_theta = MetaTrainer.build(mcfg).init(jax.random.key(mcfg.seed)).theta
+    trainer = MetaTrainer.build(mcfg)
+    evaluator = HeldOutEval(mcfg, trainer.learned)
+    init_theta = trainer.init(jax.random.key(mcfg.seed)).theta
     trained, untrained, adam = evaluator.losses(state.theta), evaluator.losses(init_theta), evaluator.adam_losses()
     return {
         "config": dataclasses.asdict(mcfg),

@@ -59,38 +59,34 @@ def _entry(name: str, **space) -> tuple[str, tuple[tuple[str, Any], ...]]:
     return name, tuple(sorted(space.items()))
 
 
-SUITES: dict[str, Suite] = {
-    "train": Suite(
-        "train",
-        "meta-training: quadratics, 2-D functions, tabular regression, MLPs / autoencoders / CNNs on "
-        "digits and MNIST, MLPs on MNIST-1D, LSTM and GRU char-LMs on KJV, VAEs on MNIST, flows on "
-        "moons / circles / 8 gaussians / digits",
-        (
-            _entry("quadratic"),
-            _entry("functions2d"),
-            _entry("linear_regression"),
-            _entry("logistic_regression", datasets=("breast_cancer", "wine")),
-            _entry("mlp", datasets=("digits", "mnist", "mnist1d")),
-            _entry("mlp_autoencoder", datasets=("digits", "mnist")),
-            _entry("cnn", datasets=("digits", "mnist")),
-            _entry("rnn_lm"),
-            _entry("vae", datasets=("mnist",)),
-            _entry("flow", datasets=("moons", "circles", "eight_gaussians", "digits")),
-        ),
+TOY_FAMILIES = ("quadratic", "functions2d", "linear_regression")  # left out of `train_nn`
+
+_TRAIN = Suite(
+    "train",
+    "meta-training: quadratics, 2-D functions, tabular regression, MLPs / autoencoders / CNNs on "
+    "digits and MNIST, MLPs on MNIST-1D, LSTM and GRU char-LMs on KJV, VAEs on MNIST, flows on "
+    "moons / circles / 8 gaussians / digits",
+    (
+        _entry("quadratic"),
+        _entry("functions2d"),
+        _entry("linear_regression"),
+        _entry("logistic_regression", datasets=("breast_cancer", "wine")),
+        _entry("mlp", datasets=("digits", "mnist", "mnist1d")),
+        _entry("mlp_autoencoder", datasets=("digits", "mnist")),
+        _entry("cnn", datasets=("digits", "mnist")),
+        _entry("rnn_lm"),
+        _entry("vae", datasets=("mnist",)),
+        _entry("flow", datasets=("moons", "circles", "eight_gaussians", "digits")),
     ),
+)
+
+SUITES: dict[str, Suite] = {
+    "train": _TRAIN,
     "train_nn": Suite(
         "train_nn",
         "meta-training on neural networks only: the train suite without its quadratics, 2-D functions and "
         "linear regression (toy problems reward steps too aggressive for networks trained longer)",
-        (
-            _entry("logistic_regression", datasets=("breast_cancer", "wine")),
-            _entry("mlp", datasets=("digits", "mnist", "mnist1d")),
-            _entry("mlp_autoencoder", datasets=("digits", "mnist")),
-            _entry("cnn", datasets=("digits", "mnist")),
-            _entry("rnn_lm"),
-            _entry("vae", datasets=("mnist",)),
-            _entry("flow", datasets=("moons", "circles", "eight_gaussians", "digits")),
-        ),
+        tuple(e for e in _TRAIN.entries if e[0] not in TOY_FAMILIES),
     ),
     "test": Suite(
         "test",
