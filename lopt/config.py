@@ -30,6 +30,7 @@ class MetaTrainConfig:
 
     # --- what is learned ------------------------------------------------------------------------
     learned: str = "mlp"  # learned optimizer to meta-train (mlp, hierarchical, adam_lr, sgdm)
+    arch: str = ""  # JSON overrides of its architecture config, e.g. '{"log_step_mult": 10}' ("": defaults)
     # --- tasks ----------------------------------------------------------------------------------
     suite: str = "train"  # meta-training task suite (lopt.tasks.suites); ignored with --family
     family: str = ""  # meta-train on this one task family instead of the suite ("": the suite)
@@ -75,6 +76,7 @@ class MetaTrainConfig:
         from lopt.tasks.suites import SUITES
 
         check_choice("learned", self.learned, LEARNED)
+        self.build_learned()  # validates arch
         if self.family:
             check_choice("family", self.family, TASKS)
             self.family_space()  # validates the JSON
@@ -108,6 +110,25 @@ class MetaTrainConfig:
         check_range("ckpt_every", self.ckpt_every, 0, 1_000_000_000)
         check_range("ckpt_minutes", self.ckpt_minutes, 0.0, 1e9)
         check_range("keep", self.keep, 1, 1_000_000)
+
+    def build_learned(self):
+        """The learned optimizer ``learned`` with the ``arch`` overrides of its architecture config."""
+        from lopt.optimizers.learned.registry import get_learned
+
+        cls = get_learned(self.learned)
+        if not self.arch:
+            return cls()
+        try:
+            arch = json.loads(self.arch)
+        except ValueError as err:
+            raise ConfigError(f"arch={self.arch!r} is not valid JSON: {err}") from None
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        if not isinstance(arch, dict) or set(arch) - fields:
+            raise ConfigError(
+                f"arch={self.arch!r} must be a JSON object of {self.learned!r} architecture fields; "
+                f"valid fields: {', '.join(sorted(fields))}."
+            )
+        return cls(**{k: _tuples(v) for k, v in arch.items()})
 
     def family_space(self) -> dict[str, Any]:
         """``space`` parsed: keyword arguments of the family (JSON lists become tuples)."""

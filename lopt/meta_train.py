@@ -144,16 +144,27 @@ def _estimate_sampled(key, theta, states, data, hparams, estimators, weights, pe
         return run
 
     branches = [branch(i) for i in range(num)]
-    grad = jax.tree.map(jnp.zeros_like, theta)
-    losses = jnp.full((num,), jnp.nan, jnp.float32)
-    meta_loss, summed = jnp.float32(0.0), {name: jnp.int32(0) for name in _SUMMED}
-    for slot, k in enumerate(jax.random.split(k_est, per_step)):
-        i = picks[slot]
+
+    def slot(carry, pick_key):
+        # one lax.switch inside a scan over the S slots: each group's program is compiled once, not S times
+        grad, states, losses, meta_loss, summed = carry
+        i, k = pick_key
         g, states, m = jax.lax.switch(i, branches, k, states)
         grad = jax.tree.map(lambda acc, x: acc + scale[i] * x, grad, g)
         losses = losses.at[i].set(m["meta_loss"])
         meta_loss = meta_loss + scale[i] * m["meta_loss"]
         summed = {name: summed[name] + m[name] for name in _SUMMED}
+        return (grad, states, losses, meta_loss, summed), None
+
+    init = (
+        jax.tree.map(jnp.zeros_like, theta),
+        states,
+        jnp.full((num,), jnp.nan, jnp.float32),
+        jnp.float32(0.0),
+        {name: jnp.int32(0) for name in _SUMMED},
+    )
+    carry, _ = jax.lax.scan(slot, init, (picks, jax.random.split(k_est, per_step)))
+    grad, states, losses, meta_loss, summed = carry
     return grad, states, {"meta_loss": meta_loss, "meta_loss_groups": losses, **summed}
 
 
@@ -262,7 +273,7 @@ class MetaTrainer:
     @classmethod
     def build(cls, cfg: MetaTrainConfig) -> MetaTrainer:
         """Task groups sampled from ``cfg.seed``, one estimator per distinct group, the outer optimizer."""
-        learned = get_learned(cfg.learned)()
+        learned = cfg.build_learned()
         k_groups = jax.random.fold_in(jax.random.key(cfg.seed), 0)
         groups = sample_groups(k_groups, cfg)
         fields = {

@@ -76,7 +76,7 @@ def run(pretrained: str = "mlp-small-v1", steps: int = 500, out: str = "runs/sel
 def _learned(cfg: MetaTrainConfig):
     from lopt.optimizers.learned import get_learned
 
-    return get_learned(cfg.learned)()
+    return cfg.build_learned()
 
 
 def main(argv: list[str] | None = None) -> dict:

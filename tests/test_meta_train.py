@@ -48,6 +48,21 @@ def _bits(tree) -> list[bytes]:
     return [np.asarray(raw(x)).tobytes() for x in jax.tree.leaves(tree)]
 
 
+def _assert_states_close(a, b, rtol=1e-5):
+    """Same structure; integer and key leaves equal, float leaves within rtol (another XLA program
+    -- a scan over slots -- may fuse differently from calling the estimator by hand)."""
+    def raw(x):
+        return np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        x, y = raw(x), raw(y)
+        if np.issubdtype(x.dtype, np.floating):
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(x, y)
+
+
 # --- exact resume ---------------------------------------------------------------------------------
 
 
@@ -177,7 +192,7 @@ def test_groups_per_step_draws_groups_and_weights_them_unbiasedly():
             g, s_i, m = est.estimate(k, state.theta, state.estimator_states[i], trainer.hparams[i], data=data[i])
             w = trainer.weights[i] * num / 2
             expected = jax.tree.map(lambda a, b, w=w: a + w * b, expected, g)
-            assert _bits(new.estimator_states[i]) == _bits(s_i)
+            _assert_states_close(new.estimator_states[i], s_i)
             np.testing.assert_allclose(metrics["meta_loss_groups"][i], m["meta_loss"], rtol=1e-6)
         for i in set(range(num)) - {int(j) for j in picks}:
             assert _bits(new.estimator_states[i]) == _bits(state.estimator_states[i])  # waited

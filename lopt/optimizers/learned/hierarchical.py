@@ -14,6 +14,9 @@ Each step, per tensor k (all in float32):
 5. The per-parameter MLP of `mlp`, whose per-tensor inputs are the step embedding, clipped
    log‖θ_k‖, log n_k, log(#tensors) and the LSTM's output W_h h_k + b_h, which all enter the
    first layer's bias: u = −d·exp(s·c_exp)·c_step.
+6. With ``log_step_mult`` c_lr > 0 (our addition; see `mlp`), the step of tensor k is also
+   multiplied by exp(c_lr·(λ + w·h_k + b)): a learned global log step λ plus a per-tensor one
+   read off the LSTM, which sees the loss features and can back off (both 0 at init).
 
 Loss features. ``update(..., loss=, valid_loss=)``: the training loss updates a running mean and
 variance (decay 0.9, bias-corrected) and the feature is its z-score clipped to ±5; a validation
@@ -53,7 +56,7 @@ import optax
 
 from lopt.optimizers.learned import features as F
 from lopt.optimizers.learned.base import LearnedOptimizer, Theta, as_f32
-from lopt.optimizers.learned.mlp import init_accumulators, rebuild, skip_init, tensor_update
+from lopt.optimizers.learned.mlp import global_log_step, init_accumulators, rebuild, skip_init, tensor_update
 
 LSTM_STAT_NAMES = (
     "mean_m_mag", "mean_m_sign", "var_m", "mean_v_mag", "mean_v_sign", "var_v",
@@ -77,6 +80,7 @@ class HierarchicalConfig:
     step_mult: float = 1e-3  # c_step: the typical step per parameter of an untrained optimizer
     exp_mult: float = 1e-3  # c_exp: magnitude output scale inside exp
     out_scale: float = 0.01  # init std of the MLP's output layer relative to the skip's unit weight
+    log_step_mult: float = 0.0  # c_lr > 0: learned log step per tensor, c_lr·(λ + w·h_k + b); 0: none
 
     @property
     def spec(self) -> F.FeatureSpec:
@@ -174,7 +178,15 @@ class HierarchicalOptimizer(LearnedOptimizer):
             "message0": 0.1 * jax.random.normal(k_msg0, (cfg.message_size,), jnp.float32),
             "mlp": F.mlp_init(k_mlp, self.mlp_inputs(), cfg.hidden, cfg.out_scale),
             "skip": skip_init(cfg.spec),
+            **self._log_step_init(),
         }
+
+    def _log_step_init(self) -> Theta:
+        if self.config.log_step_mult <= 0:
+            return {}
+        hl = self.config.lstm_hidden
+        zeros = {"w": jnp.zeros((hl, 1), jnp.float32), "b": jnp.zeros((1,), jnp.float32)}
+        return {"log_step": jnp.zeros((), jnp.float32), "to_step": zeros}
 
     def transform(self, theta: Theta) -> optax.GradientTransformationExtraArgs:
         cfg, spec = self.config, self.config.spec
@@ -245,6 +257,9 @@ class HierarchicalOptimizer(LearnedOptimizer):
             # 4. the message for the next step, and 5. the LSTM's per-tensor inputs to the MLP
             message = jnp.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], axis=0)  # (M,)
             to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
+            log_step = global_log_step(cfg.log_step_mult, theta)
+            if log_step is not None:  # per tensor: c_lr·(λ + w·h_k + b)
+                log_step = log_step + cfg.log_step_mult * ((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0])
             emb = F.step_embedding(state.count)
             log_tensors = jnp.full((1,), math.log(max(num_tensors, 1)), jnp.float32)
             updates, new_m, new_v = [], [], []
@@ -254,6 +269,7 @@ class HierarchicalOptimizer(LearnedOptimizer):
                     tensor_update(
                         theta["mlp"], theta["skip"], feats, scale, tensor_inputs,
                         cfg.step_mult, cfg.exp_mult, p.dtype, extra_bias=to_mlp[i],
+                        log_step=None if log_step is None else log_step[i],
                     )
                 )  # fmt: skip
                 new_m.append(moms)

@@ -43,7 +43,7 @@ def _flatten(theta: Any, prefix: str = "") -> dict[str, np.ndarray]:
         return out
     if isinstance(theta, jax.ShapeDtypeStruct):
         return {prefix[:-1]: theta}
-    return {prefix[:-1]: np.ascontiguousarray(np.asarray(jax.device_get(theta)))}
+    return {prefix[:-1]: np.array(jax.device_get(theta), order="C")}  # (ascontiguousarray makes 0-d 1-d)
 
 
 def _unflatten(flat: dict[str, np.ndarray]) -> Theta:
@@ -142,7 +142,7 @@ def load_theta(path: str | os.PathLike, learned: LearnedOptimizer | None = None)
                 f"{path} was saved by {name!r} version {version}, but this lopt's {name!r} is version "
                 f"{learned.version}: theta's meaning changed between them, so it cannot be loaded."
             )
-        if metadata["config"] != _config_json(learned):
+        if _build(path, metadata).config != learned.config:  # fields added later hold their defaults
             raise ThetaMismatchError(
                 f"{path} was saved by {name!r} with config {metadata['config']}, which differs from the "
                 f"requested {_config_json(learned)}; call load_theta(path) to rebuild the saved architecture."

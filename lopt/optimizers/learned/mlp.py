@@ -13,6 +13,12 @@ skip picks the Adam-like feature m^{0.9}·rsqrt(v^{0.999}) and the output layer 
 untrained optimizer is close to "normalized Adam with step 1e-3" and descends; meta-training can
 move away from that. (The skip is our addition to the reference, which starts from a random MLP.)
 
+With ``log_step_mult`` c_lr > 0, theta also holds a scalar λ (0 at init) and every step is
+multiplied by exp(c_lr·λ). Without it the only way to change the overall step size is the
+magnitude output, damped by c_exp = 1e-3, or the direction's scale, and an outer optimizer that
+moves each weight by ~its learning rate per step needs ~10⁵ steps to make the step 100x larger;
+with c_lr = 10 and outer lr 1e-3, λ moves the log step by ~0.01 per outer step. (Our addition.)
+
 Invariances (tested in tests/test_learned.py): the update is unchanged, up to ε, when one tensor's
 gradient history is multiplied by c > 0 (each feature is normalized by its second moment over the
 tensor) and when the parameter tensor is multiplied by c > 0 (so is θ's feature); it is
@@ -48,6 +54,7 @@ class MLPConfig:
     step_mult: float = 1e-3  # c_step: the typical step per parameter of an untrained optimizer
     exp_mult: float = 1e-3  # c_exp: magnitude output scale inside exp; small keeps steps sane
     out_scale: float = 0.01  # init std of the output layer relative to the skip's unit weight
+    log_step_mult: float = 0.0  # c_lr > 0 adds a learned global log step λ: steps × exp(c_lr·λ); 0: none
 
     @property
     def spec(self) -> F.FeatureSpec:
@@ -94,12 +101,14 @@ def tensor_update(
     exp_mult: float,
     dtype: Any,
     extra_bias: jax.Array | None = None,
+    log_step: jax.Array | None = None,
 ) -> jax.Array:
     """One tensor's update from its un-normalized features and their scales ŝ (`features.scales`).
 
     Shared by `mlp` and `hierarchical`.
     ``tensor_inputs`` (T,) are features constant over the tensor: they feed the first layer through
     rows ``F:`` of its weights, i.e. they only change its bias, as does ``extra_bias`` (H0,).
+    ``log_step`` (scalar) is added inside the exp: it scales the whole tensor's step by e^log_step.
     """
     n = len(feats)
     w0, b0 = mlp["l0"]["w"], mlp["l0"]["b"]  # (F + T, H0), (H0,)
@@ -108,8 +117,14 @@ def tensor_update(
     if extra_bias is not None:
         first_b = first_b + extra_bias
     direction, magnitude = F.mlp_elementwise(feats, first_w, first_b, mlp, skip * scale)
-    step = direction * jnp.exp(magnitude * exp_mult) * step_mult
+    log_mag = magnitude * exp_mult if log_step is None else magnitude * exp_mult + log_step
+    step = direction * jnp.exp(log_mag) * step_mult
     return (-step).astype(dtype)
+
+
+def global_log_step(log_step_mult: float, theta: Theta) -> jax.Array | None:
+    """c_lr·λ, the learned global log step, or None for an architecture without one."""
+    return log_step_mult * theta["log_step"] if log_step_mult > 0 else None
 
 
 def skip_init(spec: F.FeatureSpec) -> jax.Array:
@@ -129,10 +144,13 @@ class MLPOptimizer(LearnedOptimizer):
         return self.config.spec.count + len(F.STEP_TIMESCALES)
 
     def init(self, key: jax.Array) -> Theta:
-        return {
+        theta = {
             "mlp": F.mlp_init(key, self.num_inputs(), self.config.hidden, self.config.out_scale),
             "skip": skip_init(self.config.spec),
         }
+        if self.config.log_step_mult > 0:
+            theta["log_step"] = jnp.zeros((), jnp.float32)
+        return theta
 
     def state_floats_per_param(self) -> int:
         return self.config.spec.state_floats
@@ -150,6 +168,7 @@ class MLPOptimizer(LearnedOptimizer):
             if params is None:
                 raise ValueError("the mlp learned optimizer needs params: call update(grads, state, params).")
             emb = F.step_embedding(state.count)  # (11,)
+            log_step = global_log_step(cfg.log_step_mult, theta)
             k = len(spec.mom_decays)
             per_tensor = zip(
                 jax.tree.leaves(grads), jax.tree.leaves(params), _leaves_by_tensor(state.moms + state.rmss)
@@ -160,7 +179,7 @@ class MLPOptimizer(LearnedOptimizer):
                 moms, rmss = F.update_accumulators(spec, g32, acc[:k], acc[k:])
                 feats = F.param_features(g32, p32, moms, rmss)
                 scale = F.scales(F.second_moments(g32, p32, moms, rmss))
-                u = tensor_update(theta["mlp"], theta["skip"], feats, scale, emb, cfg.step_mult, cfg.exp_mult, p.dtype)
+                u = tensor_update(theta["mlp"], theta["skip"], feats, scale, emb, cfg.step_mult, cfg.exp_mult, p.dtype, log_step=log_step)
                 out.append((u, moms, rmss))
             updates = rebuild(grads, [u for u, _, _ in out])
             moms = tuple(rebuild(state.moms[i], [o[1][i] for o in out]) for i in range(k))
