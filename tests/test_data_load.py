@@ -188,3 +188,17 @@ def test_device_arrays():
     assert device_arrays("iris")["test"]["x"].shape == (15, 4)
     with pytest.raises(ValueError, match="image datasets only"):
         device_arrays("iris", image_size=4)
+
+
+def test_device_arrays_first_loaded_under_a_trace_stay_concrete():
+    """The device-array cache outlives the trace that first fills it (e.g. `jax.eval_shape` of a
+    meta-trainer's init): it must hold concrete arrays, not the trace's tracers."""
+    import importlib
+
+    load_module = importlib.import_module("lopt.data.load")  # the module (lopt.data.load is also a function)
+
+    load_module._device_arrays.cache_clear()
+    jax.eval_shape(lambda: load_module.device_arrays("wine")["train"]["x"].sum())
+    x = load_module.device_arrays("wine")["train"]["x"]
+    assert isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+    np.testing.assert_array_equal(np.asarray(x), load("wine").splits["train"]["x"])

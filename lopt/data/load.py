@@ -71,9 +71,11 @@ def device_arrays(name: str, image_size: int | None = None) -> dict[str, dict[st
 def _device_arrays(name: str, image_size: int | None, root: str) -> dict[str, dict[str, jax.Array]]:
     dataset = _load(name, root)
     out = {}
-    for split, arrays in dataset.splits.items():
-        arrays = dict(arrays)
-        if image_size is not None:
-            arrays["x"] = resize_images(arrays["x"], image_size)
-        out[split] = {k: jnp.asarray(v) for k, v in arrays.items()}
+    # concrete arrays even when first called under a trace (jit / eval_shape): this cache outlives it
+    with jax.ensure_compile_time_eval():
+        for split, arrays in dataset.splits.items():
+            arrays = dict(arrays)
+            if image_size is not None:
+                arrays["x"] = resize_images(arrays["x"], image_size)
+            out[split] = {k: jnp.asarray(v) for k, v in arrays.items()}
     return out
