@@ -48,6 +48,11 @@ PRETRAINED: dict[str, Pretrained] = {
     p.name: p
     for p in (
         Pretrained(
+            "hierarchical-small-v1",
+            "Metz et al. 2020 hierarchical (LSTM 32 + MLP 4-4) with a learned log step, 150 PES steps on "
+            "train_nn, selected on train_nn tasks; 9,456 weights",
+        ),
+        Pretrained(
             "mlp-small-v1",
             "per-parameter MLP (hidden 4-4), 100 PES steps on the train_nn suite from Adam-like init; 123 weights",
         ),
