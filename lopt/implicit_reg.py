@@ -70,13 +70,13 @@ def default_starts(num: int = NUM_STARTS, radius: float = RADIUS) -> np.ndarray:
     return (radius * np.stack([np.cos(a), np.sin(a)], -1)).astype(np.float32)  # (S, 2)
 
 
-def default_optimizers() -> dict[str, optax.GradientTransformationExtraArgs]:
+def default_optimizers(learned: str = PRETRAINED) -> dict[str, optax.GradientTransformationExtraArgs]:
     """label -> optimizer: SGD (lr 0.1), Adam (lr 0.01, optax defaults otherwise) and the shipped
-    learned optimizer (no learning rate: its step sizes are in its weights)."""
+    learned optimizer ``learned`` (no learning rate: its step sizes are in its weights)."""
     return {
         f"sgd (lr {SGD_LR:g})": optax.sgd(SGD_LR),
         f"adam (lr {ADAM_LR:g})": optax.adam(ADAM_LR),
-        PRETRAINED: pretrained(PRETRAINED),
+        learned: pretrained(learned),
     }
 
 
@@ -191,11 +191,11 @@ def figure(path: str, result: dict) -> None:
     plt.close(fig)
 
 
-def main(out_dir: str, num_steps: int = NUM_STEPS) -> dict:
+def main(out_dir: str, num_steps: int = NUM_STEPS, learned: str = PRETRAINED) -> dict:
     """Run the default study; write ``implicit_reg.png`` and ``implicit_reg.json`` (the summary rows,
     the starts, their projections and every optimizer's final points) to ``out_dir``; print the
     table and return the JSON content."""
-    result = run_study(default_optimizers(), num_steps)
+    result = run_study(default_optimizers(learned), num_steps)
     os.makedirs(out_dir, exist_ok=True)
     figure(os.path.join(out_dir, "implicit_reg.png"), result)
     summary = {
@@ -218,5 +218,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/implicit_reg", help="output directory")
     parser.add_argument("--steps", type=int, default=NUM_STEPS, help="steps per trajectory")
+    parser.add_argument("--pretrained", default=PRETRAINED, help="shipped learned optimizer (lopt.PRETRAINED)")
     args = parser.parse_args()
-    main(args.out, args.steps)
+    main(args.out, args.steps, args.pretrained)
