@@ -31,6 +31,7 @@ class MetaTrainConfig:
     # --- what is learned ------------------------------------------------------------------------
     learned: str = "mlp"  # learned optimizer to meta-train (mlp, hierarchical, adam_lr, sgdm)
     arch: str = ""  # JSON overrides of its architecture config, e.g. '{"log_step_mult": 10}' ("": defaults)
+    init_theta: str = ""  # theta file (save_theta) to start from instead of a fresh init: fine-tuning ("": init)
     # --- tasks ----------------------------------------------------------------------------------
     suite: str = "train"  # meta-training task suite (lopt.tasks.suites); ignored with --family
     family: str = ""  # meta-train on this one task family instead of the suite ("": the suite)
@@ -90,6 +91,8 @@ class MetaTrainConfig:
         check_choice("estimator", self.estimator, ESTIMATORS)
         check_range("truncation_length", self.truncation_length, 1, 1_000_000)
         check_range("sigma", self.sigma, 1e-12, 1e6)
+        if self.init_theta and not os.path.isfile(self.init_theta):
+            raise ConfigError(f"init_theta={self.init_theta!r} is not a file: give a theta file written by save_theta.")
         check_choice("outer_opt", self.outer_opt, (OUTER_ADAMW, *LEARNED))
         if self.outer_theta and self.outer_opt == OUTER_ADAMW:
             raise ConfigError(
@@ -113,22 +116,20 @@ class MetaTrainConfig:
 
     def build_learned(self):
         """The learned optimizer ``learned`` with the ``arch`` overrides of its architecture config."""
-        from lopt.optimizers.learned.registry import get_learned
+        from lopt.optimizers.learned.registry import build_learned
 
-        cls = get_learned(self.learned)
         if not self.arch:
-            return cls()
+            return build_learned(self.learned, {})
         try:
             arch = json.loads(self.arch)
         except ValueError as err:
             raise ConfigError(f"arch={self.arch!r} is not valid JSON: {err}") from None
-        fields = {f.name for f in dataclasses.fields(cls.config_class)}
-        if not isinstance(arch, dict) or set(arch) - fields:
-            raise ConfigError(
-                f"arch={self.arch!r} must be a JSON object of {self.learned!r} architecture fields; "
-                f"valid fields: {', '.join(sorted(fields))}."
-            )
-        return cls(**{k: _tuples(v) for k, v in arch.items()})
+        if not isinstance(arch, dict):
+            raise ConfigError(f"arch={self.arch!r} must be a JSON object of {self.learned!r} architecture fields.")
+        try:
+            return build_learned(self.learned, arch)
+        except ConfigError as err:
+            raise ConfigError(f"arch={self.arch!r}: {err}") from None
 
     def family_space(self) -> dict[str, Any]:
         """``space`` parsed: keyword arguments of the family (JSON lists become tuples)."""

@@ -254,6 +254,7 @@ class MetaTrainer:
     outer_opt: optax.GradientTransformationExtraArgs
     hparams: tuple[dict, ...]  # each estimator's numeric hyperparameters (σ), jit arguments
     per_step: int = 0  # S: groups estimated per outer step, drawn anew each step (0: all of them)
+    theta0: Any = dataclasses.field(default=None, compare=False)  # starting theta (None: learned.init)
     step: Any = dataclasses.field(init=False, repr=False, compare=False)  # jitted outer_step
     _init_jit: Any = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -293,14 +294,15 @@ class MetaTrainer:
             h = est.default_hparams()
             hparams.append({**h, "sigma": jnp.float32(cfg.sigma)} if "sigma" in h else h)
         weights = tuple(n / cfg.num_groups for _, _, n in groups)
-        return cls(learned, estimators, weights, outer_optimizer(cfg), tuple(hparams), cfg.groups_per_step)
+        theta0 = load_theta(cfg.init_theta, learned)[1] if cfg.init_theta else None  # checks the architecture
+        return cls(learned, estimators, weights, outer_optimizer(cfg), tuple(hparams), cfg.groups_per_step, theta0)
 
     def data(self) -> tuple:
         """Each group's device-resident arrays: pass them to `step` (never baked in as constants)."""
         return tuple(est.unroller.data() for est in self.estimators)
 
     def init(self, key: jax.Array) -> OuterState:
-        """The state at step 0: theta from ``fold_in(key, 2)``, the run's key for everything after."""
+        """The state at step 0: theta from ``fold_in(key, 2)`` (or ``theta0``), the run's key for everything after."""
         self.data()  # load (and let families cache) the datasets outside the trace, never inside it
         return self._init_jit(key)
 
@@ -316,7 +318,7 @@ class MetaTrainer:
 
     def _init(self, key: jax.Array) -> OuterState:
         k_theta, k_est, k_run = jax.random.split(jax.random.fold_in(key, 2), 3)
-        theta = self.learned.init(k_theta)
+        theta = self.learned.init(k_theta) if self.theta0 is None else self.theta0
         keys = jax.random.split(k_est, len(self.estimators))
         states = tuple(est.init(k, theta, h) for est, k, h in zip(self.estimators, keys, self.hparams))
         zero = jnp.zeros([], jnp.int32)

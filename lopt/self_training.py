@@ -11,7 +11,7 @@ the family beside Adam (lr 1e-3). Metz et al. found their learned optimizer trac
 outer optimizer for a long time and then fell behind, which they attributed to the short inner
 horizons of its own meta-training; outer training is much longer than any horizon it saw.
 
-    python -m lopt.self_training --steps 500 --out runs/self_training
+    python -m lopt.self_training --pretrained hierarchical-small-v1 --steps 200 --out runs/self_training
 
 References: Metz et al. 2020, arXiv:2009.11243, Sec. "Learned optimizers training themselves".
 """
@@ -33,20 +33,21 @@ FAMILY = ("mlp", '{"datasets": ["digits"], "depths": [1], "widths": [32], "batch
 
 def configs(pretrained: str, steps: int, out: str, seed: int = 0) -> dict[str, MetaTrainConfig]:
     """The two runs: identical but for the outer optimizer."""
-    from lopt.pretrained import PRETRAINED
+    from lopt.pretrained import PRETRAINED, load_pretrained
 
     base = MetaTrainConfig(
         family=FAMILY[0], space=FAMILY[1], num_groups=1, num_particles=8, truncation_length=50,
         horizon=(100, 500), num_steps=steps, eval_every=0, eval_suite="same", eval_tasks=6, eval_steps=500,
         eval_seeds=2, ckpt_every=0, ckpt_minutes=5, log_every=25, seed=seed,
     )  # fmt: skip
+    outer_name = load_pretrained(pretrained)[0].name  # its architecture: mlp, hierarchical
     learned_outer = dataclasses.replace(
-        base, outer_opt="mlp", outer_theta=PRETRAINED[pretrained].weights_path, out=os.path.join(out, pretrained)
+        base, outer_opt=outer_name, outer_theta=PRETRAINED[pretrained].weights_path, out=os.path.join(out, pretrained)
     )
     return {"AdamW": dataclasses.replace(base, out=os.path.join(out, "adamw")), pretrained: learned_outer}
 
 
-def run(pretrained: str = "mlp-small-v1", steps: int = 500, out: str = "runs/self_training") -> dict:
+def run(pretrained: str = "hierarchical-small-v1", steps: int = 500, out: str = "runs/self_training") -> dict:
     """Run both meta-trainings (each resumes if its directory has checkpoints); write the figure
     ``<out>/self_training.png`` and ``<out>/self_training.json``; return the summary."""
     from lopt.meta_train import HeldOutEval, meta_train
@@ -74,14 +75,12 @@ def run(pretrained: str = "mlp-small-v1", steps: int = 500, out: str = "runs/sel
 
 
 def _learned(cfg: MetaTrainConfig):
-    from lopt.optimizers.learned import get_learned
-
     return cfg.build_learned()
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrained", default="mlp-small-v1", help="the learned outer optimizer")
+    parser.add_argument("--pretrained", default="hierarchical-small-v1", help="the learned outer optimizer")
     parser.add_argument("--steps", type=int, default=500, help="outer steps of each run")
     parser.add_argument("--out", default="runs/self_training")
     args = parser.parse_args(argv)

@@ -145,6 +145,25 @@ def test_resume_with_a_different_config_names_the_keys(tmp_path):
         meta_train(cfg, progress=False)
 
 
+def test_init_theta_starts_from_the_file_and_checks_its_architecture(tmp_path):
+    from lopt.optimizers.learned import ThetaMismatchError, save_theta
+
+    trainer = MetaTrainer.build(MetaTrainConfig(**TINY))
+    fresh = trainer.init(jax.random.key(0)).theta
+    start = jax.tree.map(lambda x: x + 0.25, fresh)  # not any init's theta
+    save_theta(tmp_path / "start.safetensors", trainer.learned, start)
+    cfg = MetaTrainConfig(**TINY, init_theta=str(tmp_path / "start.safetensors"))
+    state = MetaTrainer.build(cfg).init(jax.random.key(0))
+    assert _bits(state.theta) == _bits(start)
+    assert _bits(state.opt_state) == _bits(trainer.outer_opt.init(start))  # a fresh outer optimizer
+    trained, _ = _run_steps(MetaTrainer.build(cfg), state, 2)  # and it trains from there
+    assert _bits(trained.theta) != _bits(start)
+    with pytest.raises(ThetaMismatchError, match="config"):  # another architecture config
+        MetaTrainer.build(dataclasses.replace(cfg, arch='{"log_step_mult": 10}'))
+    with pytest.raises(ConfigError, match="not a file"):
+        MetaTrainConfig(**TINY, init_theta=str(tmp_path / "missing.safetensors"))
+
+
 # --- determinism and non-finite updates ----------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from lopt.optimizers.learned.base import LearnedOptimizer, Theta
-from lopt.optimizers.learned.registry import get_learned
+from lopt.optimizers.learned.registry import build_learned, get_learned
 from lopt.validate import ConfigError, UnknownNameError
 
 FORMAT = "lopt.theta"
@@ -109,17 +109,11 @@ def _build(path: str, metadata: dict[str, str]) -> LearnedOptimizer:
     """The learned optimizer the file describes."""
     name = metadata["architecture"]
     try:
-        cls = get_learned(name)
+        return build_learned(name, json.loads(metadata["config"]))
     except UnknownNameError as err:
         raise ThetaMismatchError(f"{path} was saved by a learned optimizer this lopt does not have: {err}") from None
-    fields = json.loads(metadata["config"])
-    known = {f.name for f in dataclasses.fields(cls.config_class)}
-    if set(fields) - known:
-        raise ThetaMismatchError(
-            f"{path} was saved by {name!r} with config fields {sorted(set(fields) - known)} unknown to this lopt."
-        )
-    config = cls.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-    return cls(config)
+    except ConfigError as err:
+        raise ThetaMismatchError(f"{path} was saved by a config this lopt does not know: {err}") from None
 
 
 def load_theta(path: str | os.PathLike, learned: LearnedOptimizer | None = None) -> tuple[LearnedOptimizer, Theta]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from lopt.optimizers.learned.base import LearnedOptimizer
 from lopt.optimizers.learned.hierarchical import HierarchicalOptimizer
 from lopt.optimizers.learned.hyper import SGDM, AdamLR
 from lopt.optimizers.learned.mlp import MLPOptimizer
-from lopt.validate import unknown_name
+from lopt.validate import ConfigError, unknown_name
 
 LEARNED: dict[str, type[LearnedOptimizer]] = {
     "mlp": MLPOptimizer,  # per-parameter MLP (small_fc_lopt-style); 4 floats/param
@@ -21,3 +24,21 @@ def get_learned(name: str) -> type[LearnedOptimizer]:
     if name not in LEARNED:
         raise unknown_name("learned optimizer", name, LEARNED)
     return LEARNED[name]
+
+
+def build_learned(name: str, fields: dict[str, Any]) -> LearnedOptimizer:
+    """``name``'s learned optimizer with these architecture config fields (JSON lists become tuples);
+    unknown fields raise a `ConfigError` naming them and the valid ones."""
+    cls = get_learned(name)
+    valid = {f.name for f in dataclasses.fields(cls.config_class)}
+    if set(fields) - valid:
+        raise ConfigError(
+            f"config fields {sorted(set(fields) - valid)} are not {name!r} architecture fields; "
+            f"valid fields: {', '.join(sorted(valid))}."
+        )
+    return cls(cls.config_class(**{k: _tuples(v) for k, v in fields.items()}))
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists (nested) as tuples, so values are hashable like the dataclass defaults."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
