@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from lopt.validate import ConfigError, check_choice, check_range
+from lopt.validate import ConfigError, check_choice, check_range, json_tuples
 
 OUTER_ADAMW = "adamw"
 
@@ -118,10 +118,8 @@ class MetaTrainConfig:
         """The learned optimizer ``learned`` with the ``arch`` overrides of its architecture config."""
         from lopt.optimizers.learned.registry import build_learned
 
-        if not self.arch:
-            return build_learned(self.learned, {})
         try:
-            arch = json.loads(self.arch)
+            arch = json.loads(self.arch) if self.arch else {}
         except ValueError as err:
             raise ConfigError(f"arch={self.arch!r} is not valid JSON: {err}") from None
         if not isinstance(arch, dict):
@@ -141,7 +139,7 @@ class MetaTrainConfig:
             raise ConfigError(f"space={self.space!r} is not valid JSON: {err}") from None
         if not isinstance(space, dict):
             raise ConfigError(f"space={self.space!r} must be a JSON object of keyword arguments.")
-        return {k: _tuples(v) for k, v in space.items()}
+        return {k: json_tuples(v) for k, v in space.items()}
 
     def trajectory(self) -> dict[str, Any]:
         """The fields that determine theta's trajectory (all but `RUN_CONTROL`): what a checkpoint
@@ -161,11 +159,6 @@ def checkpoint_expectation(cfg: MetaTrainConfig, saved: dict[str, Any] | None) -
     }
 
 
-def _tuples(value: Any) -> Any:
-    """JSON lists (nested) as tuples, so values are hashable like the dataclass defaults."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Field values from a JSON file: a flat object, or a run's ``config.json`` (``{"config": {...}}``)."""
     try:
@@ -183,7 +176,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"config file {path} has unknown fields {unknown}; valid fields: {sorted(known)}.")
-    return {k: _tuples(v) for k, v in raw.items()}
+    return {k: json_tuples(v) for k, v in raw.items()}
 
 
 def resolve(cfg: MetaTrainConfig, config_file: str = "", explicit: set[str] = frozenset()) -> MetaTrainConfig:

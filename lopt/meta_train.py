@@ -302,7 +302,8 @@ class MetaTrainer:
         return tuple(est.unroller.data() for est in self.estimators)
 
     def init(self, key: jax.Array) -> OuterState:
-        """The state at step 0: theta from ``fold_in(key, 2)`` (or ``theta0``), the run's key for everything after."""
+        """The state at step 0: theta from ``fold_in(key, 2)`` (or ``theta0``), the run's key for
+        everything after."""
         self.data()  # load (and let families cache) the datasets outside the trace, never inside it
         return self._init_jit(key)
 

@@ -59,7 +59,7 @@ def run(pretrained: str = "hierarchical-small-v1", steps: int = 500, out: str = 
         state = meta_train(dataclasses.replace(cfg, resume=resume), progress=False)
         rows = [json.loads(line) for line in open(os.path.join(cfg.out, "metrics.jsonl"))]
         curves[f"outer: {name}"] = [r["meta_loss"] for r in rows if "meta_loss" in r]
-        evaluator = HeldOutEval(cfg, _learned(cfg))
+        evaluator = HeldOutEval(cfg, cfg.build_learned())
         mine, adam = evaluator.losses(state.theta), evaluator.adam_losses()
         summary[name] = {
             "final_meta_loss_last50": float(np.mean(curves[f"outer: {name}"][-50:])),
@@ -72,10 +72,6 @@ def run(pretrained: str = "hierarchical-small-v1", steps: int = 500, out: str = 
     with open(os.path.join(out, "self_training.json"), "w") as f:
         json.dump({"family": FAMILY, "steps": steps, "runs": summary, "curves": curves}, f, indent=2)
     return summary
-
-
-def _learned(cfg: MetaTrainConfig):
-    return cfg.build_learned()
 
 
 def main(argv: list[str] | None = None) -> dict:

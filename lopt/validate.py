@@ -51,3 +51,8 @@ class UnknownNameError(KeyError):
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnknownNameError:
     """The error for an unknown registry name: it lists the valid names."""
     return UnknownNameError(f"unknown {kind} {name!r}; valid {kind} names are: {', '.join(sorted(valid))}")
+
+
+def json_tuples(value: Any) -> Any:
+    """JSON lists (nested) as tuples, so values are hashable like dataclass defaults."""
+    return tuple(json_tuples(v) for v in value) if isinstance(value, list) else value

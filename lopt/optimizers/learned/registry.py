@@ -9,7 +9,7 @@ from lopt.optimizers.learned.base import LearnedOptimizer
 from lopt.optimizers.learned.hierarchical import HierarchicalOptimizer
 from lopt.optimizers.learned.hyper import SGDM, AdamLR
 from lopt.optimizers.learned.mlp import MLPOptimizer
-from lopt.validate import ConfigError, unknown_name
+from lopt.validate import ConfigError, json_tuples, unknown_name
 
 LEARNED: dict[str, type[LearnedOptimizer]] = {
     "mlp": MLPOptimizer,  # per-parameter MLP (small_fc_lopt-style); 4 floats/param
@@ -36,9 +36,5 @@ def build_learned(name: str, fields: dict[str, Any]) -> LearnedOptimizer:
             f"config fields {sorted(set(fields) - valid)} are not {name!r} architecture fields; "
             f"valid fields: {', '.join(sorted(valid))}."
         )
-    return cls(cls.config_class(**{k: _tuples(v) for k, v in fields.items()}))
+    return cls(cls.config_class(**{k: json_tuples(v) for k, v in fields.items()}))
 
-
-def _tuples(value: Any) -> Any:
-    """JSON lists (nested) as tuples, so values are hashable like the dataclass defaults."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
