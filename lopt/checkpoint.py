@@ -70,6 +70,10 @@ class CheckpointError(Exception):
         super().__init__(f"checkpoint {self.path}: {cause}")
 
 
+class CheckpointMismatch(CheckpointError):
+    """An intact checkpoint of something else: another config, or a state of another structure."""
+
+
 # ----------------------------------------------------------------------------------------- listing
 
 
@@ -393,7 +397,7 @@ def _check_leaves(path: Path, names: list[str], template_leaves: list, tensors: 
         if (found_shape, found_dtype) != (shape, dtype):
             problems.append(f"{name}: expected {dtype}{list(shape)}, found {found_dtype}{list(found_shape)}")
     if problems:
-        raise CheckpointError(path, "does not match the template: " + "; ".join(problems))
+        raise CheckpointMismatch(path, "does not match the template: " + "; ".join(problems))
 
 
 def _flat_config(config: Any, prefix: str = "") -> dict[str, str]:
@@ -417,7 +421,7 @@ def _check_config(path: Path, saved: Any, expected: Any) -> None:
         elif a[k] != b[k]:
             diffs.append(f"{k} (checkpoint has {a[k]}, expected {b[k]})")
     if diffs:
-        raise CheckpointError(path, "config mismatch in keys: " + "; ".join(diffs))
+        raise CheckpointMismatch(path, "config mismatch in keys: " + "; ".join(diffs))
 
 
 def restore(path: str | os.PathLike, template: Any, *, expect_config: Any = None) -> tuple[Any, Any, int]:
@@ -463,23 +467,32 @@ def read_config(path: str | os.PathLike) -> Any:
 
 
 def restore_latest(
-    directory: str | os.PathLike, template: Any, *, expect_config: Any = None
+    directory: str | os.PathLike, template: Any, *, expect_config: Any = None, skipped: list | None = None
 ) -> tuple[Any, Any, int] | None:
-    """`restore` of the latest checkpoint in ``directory``; None when there is none.
+    """`restore` of the newest intact checkpoint in ``directory``; None when there is none.
 
-    A corrupt latest checkpoint raises `CheckpointError` rather than silently falling back; the
-    message names the previous checkpoint, which is untouched.
+    A corrupt checkpoint (truncated, bad header, checksum) is passed over for the next older one and
+    its `CheckpointError` appended to ``skipped`` (name it to the user); nothing is deleted. When
+    every checkpoint is corrupt, a `CheckpointError` names them all. A `CheckpointMismatch` (an intact
+    checkpoint of another config or structure) is raised at once: it is not corruption.
     """
     paths = list_checkpoints(directory)
-    if not paths:
-        return None
-    try:
-        return restore(paths[-1], template, expect_config=expect_config)
-    except CheckpointError as err:
-        if len(paths) == 1:
+    errors = []
+    for path in reversed(paths):
+        try:
+            restored = restore(path, template, expect_config=expect_config)
+        except CheckpointMismatch:
             raise
-        hint = f". The previous checkpoint {paths[-2]} is untouched: move this file away to resume from it"
-        raise CheckpointError(err.path, err.cause + hint) from None
+        except CheckpointError as err:
+            errors.append(err)
+            continue
+        if skipped is not None:
+            skipped.extend(errors)
+        return restored
+    if errors:
+        causes = "; ".join(f"{e.path}: {e.cause}" for e in errors)
+        raise CheckpointError(errors[0].path, f"every checkpoint in {directory} is corrupt ({causes}); none was deleted")
+    return None
 
 
 # ----------------------------------------------------------------------------------------- manager
@@ -522,9 +535,11 @@ class CheckpointManager:
         self.last_step, self.last_time = int(step), time.monotonic() if now is None else now
         return path
 
-    def restore_latest(self, template: Any, *, expect_config: Any = None) -> tuple[Any, Any, int] | None:
+    def restore_latest(
+        self, template: Any, *, expect_config: Any = None, skipped: list | None = None
+    ) -> tuple[Any, Any, int] | None:
         """`restore_latest` from the directory; a restored step counts as saved."""
-        restored = restore_latest(self.directory, template, expect_config=expect_config)
+        restored = restore_latest(self.directory, template, expect_config=expect_config, skipped=skipped)
         if restored is not None:
             self.last_step, self.last_time = restored[2], time.monotonic()
         return restored

@@ -21,7 +21,15 @@ OUTER_ADAMW = "adamw"
 
 # Fields that say where and how often to save: they do not change the trajectory of theta, so a
 # resumed run may change them (every other field must match the checkpoint's config).
-RUN_CONTROL = ("out", "resume", "ckpt_every", "ckpt_minutes", "keep", "log_every")
+RUN_CONTROL = ("out", "resume", "ckpt_every", "ckpt_minutes", "keep", "log_every", "validate_every", "validation",
+               "validate_long")  # fmt: skip
+# Fields of older lopt versions that no longer exist (the held-out evaluation during meta-training,
+# replaced by the validation protocol): ignored when an old run's config is read.
+RETIRED = ("eval_every", "eval_suite", "eval_tasks", "eval_steps", "eval_seeds")
+# Fields added with a default that changes the trajectory, and the value an older run (whose
+# config lacks them) was trained with.
+LEGACY = {"objective": "relative", "loss_reference": "zero", "step_weights": "uniform", "shaping": "none",
+          "drop_diverged": False}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +41,7 @@ class MetaTrainConfig:
     arch: str = ""  # JSON overrides of its architecture config, e.g. '{"log_step_mult": 10}' ("": defaults)
     init_theta: str = ""  # theta file (save_theta) to start from instead of a fresh init: fine-tuning ("": init)
     # --- tasks ----------------------------------------------------------------------------------
-    suite: str = "train"  # meta-training task suite (lopt.tasks.suites); ignored with --family
+    suite: str = "train_nn"  # meta-training task suite (lopt.tasks.suites); ignored with --family
     family: str = ""  # meta-train on this one task family instead of the suite ("": the suite)
     space: str = ""  # JSON kwargs restricting --family's sampling space, e.g. '{"dims": [10]}'
     num_groups: int = 4  # G: static task groups sampled at the start; compile time grows with distinct ones
@@ -42,11 +50,17 @@ class MetaTrainConfig:
     # --- estimator ------------------------------------------------------------------------------
     estimator: str = "pes"  # meta-gradient estimator: pes (default), nres, es (full unrolls), tbptt
     truncation_length: int = 50  # K: inner steps per outer step and particle; 20-100
-    horizon: tuple[int, int] = (100, 1000)  # inner training lengths, log-uniform: the horizon learned for
+    horizon: tuple[int, int] = (200, 2000)  # inner training lengths, log-uniform; covers the evaluation T = 1000
     sigma: float = 0.01  # σ: std of the ES perturbations of theta; ~1% of theta's scale
     valid_every: int = 10  # E: inner steps between inner-valid losses fed to the optimizer
     meta_split: str = "outer_valid"  # meta-loss split: outer_valid, or train (cheaper, rewards fitting)
-    meta_clip: float = 3.0  # normalized meta-loss (L/L0) clipped to [-c, c]; NaN/inf count as c
+    meta_clip: float = 3.0  # relative excess loss x clipped at c (log: log c); NaN/inf count as the clip
+    # --- objective ------------------------------------------------------------------------------
+    objective: str = "log"  # per-step meta-loss of x = (L - L_ref)/|L0 - L_ref|: log (log x) or relative (x)
+    loss_reference: str = "adam"  # L_ref per task group: adam (tuned Adam's best, less a margin) or zero
+    step_weights: str = "ramp"  # weight of each inner step by its place in the episode: ramp, final, uniform
+    shaping: str = "zscore"  # ES fitness shaping of the antithetic differences: zscore (per group) or none
+    drop_diverged: bool = True  # a pair with a non-finite loss stops contributing until its episode restarts
     # --- outer optimizer ------------------------------------------------------------------------
     outer_opt: str = OUTER_ADAMW  # adamw, or a learned optimizer name: theta is trained by that optimizer
     outer_theta: str = ""  # theta file (save_theta) of a learned --outer-opt ("": its untrained init)
@@ -55,12 +69,10 @@ class MetaTrainConfig:
     warmup: int = 50  # outer steps of linear learning-rate warmup before the cosine decay (adamw only)
     clip: float = 1.0  # clip the meta-gradient to this global norm before the outer optimizer (0: off)
     num_steps: int = 1000  # total outer steps (a resumed run continues up to it)
-    # --- evaluation -----------------------------------------------------------------------------
-    eval_every: int = 250  # outer steps between held-out evaluations, and one at the end (0: none)
-    eval_suite: str = "test"  # held-out tasks: a suite name, or "same" (fresh training-distribution tasks)
-    eval_tasks: int = 2  # held-out tasks evaluated (the smallest of the suite, one per family)
-    eval_steps: int = 1000  # inner training steps of an evaluation run (compare with --horizon)
-    eval_seeds: int = 2  # seeds per held-out task, vmapped
+    # --- validation ----------------------------------------------------------------------------
+    validate_every: int = 100  # outer steps between validations of the unperturbed theta, and one at the end (0: none)
+    validation: str = "valid"  # validation suite (lopt.validation): fixed train_nn tasks with stored Adam references
+    validate_long: bool = False  # also run the suite's long subset (10 x T) at every validation
     # --- outputs --------------------------------------------------------------------------------
     out: str = "runs/meta"  # output directory: config.json, metrics.jsonl, checkpoints/, theta.safetensors
     log_every: int = 10  # outer steps between metric flushes (progress bar, metrics.jsonl, TensorBoard)
@@ -103,12 +115,21 @@ class MetaTrainConfig:
         check_range("warmup", self.warmup, 0, 10_000_000)
         check_range("clip", self.clip, 0.0, 1e30)
         check_range("num_steps", self.num_steps, 1, 1_000_000_000)
-        check_range("eval_every", self.eval_every, 0, 1_000_000_000)
-        if self.eval_suite != "same":
-            check_choice("eval_suite", self.eval_suite, (*SUITES, "same"))
-        check_range("eval_tasks", self.eval_tasks, 1, 1000)
-        check_range("eval_steps", self.eval_steps, 1, 100_000_000)
-        check_range("eval_seeds", self.eval_seeds, 1, 10_000)
+        check_range("validate_every", self.validate_every, 0, 1_000_000_000)
+        if self.validate_every:
+            from lopt.validation import get_validation_suite
+
+            get_validation_suite(self.validation)  # an unknown name lists the valid ones
+        from lopt.estimators.base import SHAPINGS
+        from lopt.objective import REFERENCES
+        from lopt.unroll import OBJECTIVES, STEP_WEIGHTS
+
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("loss_reference", self.loss_reference, REFERENCES)
+        check_choice("step_weights", self.step_weights, STEP_WEIGHTS)
+        check_choice("shaping", self.shaping, SHAPINGS)
+        if self.objective == "log" and self.meta_clip <= 1.0:
+            raise ConfigError(f"meta_clip={self.meta_clip}: with objective=log it must exceed 1 (the clip is log c).")
         check_range("log_every", self.log_every, 1, 1_000_000_000)
         check_range("ckpt_every", self.ckpt_every, 0, 1_000_000_000)
         check_range("ckpt_minutes", self.ckpt_minutes, 0.0, 1e9)
@@ -152,11 +173,27 @@ def checkpoint_expectation(cfg: MetaTrainConfig, saved: dict[str, Any] | None) -
     without the fields the checkpoint predates (absent from ``saved``) that hold their default -- a
     field added to lopt later, whose default reproduces the old behaviour, does not block a resume."""
     defaults = MetaTrainConfig()
-    return {
-        k: v
-        for k, v in cfg.trajectory().items()
-        if saved is None or k in saved or v != getattr(defaults, k)
-    }
+    if saved is None:
+        return cfg.trajectory()
+    out = {}
+    for k, v in cfg.trajectory().items():
+        if k in saved:
+            out[k] = v
+        elif k in LEGACY:  # the old run was trained with the legacy value: any other value is a mismatch
+            if v != LEGACY[k]:
+                out[k] = v
+        elif v != getattr(defaults, k):
+            out[k] = v
+    out.update({k: saved[k] for k in RETIRED if k in saved})  # old fields: whatever the checkpoint has
+    return out
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """An older run's recorded config as `MetaTrainConfig` fields: retired fields dropped, fields it
+    predates set to the values it was trained with (`LEGACY`)."""
+    out = {k: v for k, v in saved.items() if k not in RETIRED}
+    out.update({k: v for k, v in LEGACY.items() if k not in out})
+    return out
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -169,7 +206,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     except ValueError as err:
         raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
-        raw = raw["config"]
+        raw = upgrade_config(raw["config"])  # a run's config.json, maybe of an older lopt
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a JSON object of MetaTrainConfig fields.")
     known = {f.name for f in dataclasses.fields(MetaTrainConfig)}

@@ -127,8 +127,9 @@ def meta_train_small(cfg: DemoConfig, console: Console) -> dict:
         shutil.rmtree(out)
     mcfg = MetaTrainConfig(
         family="quadratic", space='{"dims": [10]}', num_groups=1, num_particles=8, truncation_length=50,
-        horizon=(200, 200), outer_lr=3e-3, warmup=20, num_steps=cfg.meta_steps, eval_every=0,
-        eval_suite="same", eval_tasks=12, eval_steps=200, eval_seeds=1, ckpt_every=0, ckpt_minutes=0,
+        horizon=(200, 200), outer_lr=3e-3, warmup=20, num_steps=cfg.meta_steps, validate_every=0,
+        objective="relative", loss_reference="zero", step_weights="uniform", shaping="none", drop_diverged=False,
+        ckpt_every=0, ckpt_minutes=0,
         log_every=50, out=out, seed=cfg.seed,
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -137,7 +138,7 @@ def meta_train_small(cfg: DemoConfig, console: Console) -> dict:
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     losses = np.array([r["meta_loss"] for r in rows if "meta_loss" in r], np.float64)
     trainer = MetaTrainer.build(mcfg)
-    evaluator = HeldOutEval(mcfg, trainer.learned)
+    evaluator = HeldOutEval(mcfg, trainer.learned, num_tasks=12, steps=200, seeds=1)
     init_theta = trainer.init(jax.random.key(mcfg.seed)).theta
     trained, untrained, adam = evaluator.losses(state.theta), evaluator.losses(init_theta), evaluator.adam_losses()
     return {

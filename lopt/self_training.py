@@ -37,8 +37,8 @@ def configs(pretrained: str, steps: int, out: str, seed: int = 0) -> dict[str, M
 
     base = MetaTrainConfig(
         family=FAMILY[0], space=FAMILY[1], num_groups=1, num_particles=8, truncation_length=50,
-        horizon=(100, 500), num_steps=steps, eval_every=0, eval_suite="same", eval_tasks=6, eval_steps=500,
-        eval_seeds=2, ckpt_every=0, ckpt_minutes=5, log_every=25, seed=seed,
+        horizon=(100, 500), num_steps=steps, validate_every=0, objective="relative", loss_reference="zero",
+        step_weights="uniform", shaping="none", drop_diverged=False, ckpt_every=0, ckpt_minutes=5, log_every=25, seed=seed,
     )  # fmt: skip
     outer_name = load_pretrained(pretrained)[0].name  # its architecture: mlp, hierarchical
     learned_outer = dataclasses.replace(
@@ -59,7 +59,7 @@ def run(pretrained: str = "hierarchical-small-v1", steps: int = 500, out: str = 
         state = meta_train(dataclasses.replace(cfg, resume=resume), progress=False)
         rows = [json.loads(line) for line in open(os.path.join(cfg.out, "metrics.jsonl"))]
         curves[f"outer: {name}"] = [r["meta_loss"] for r in rows if "meta_loss" in r]
-        evaluator = HeldOutEval(cfg, cfg.build_learned())
+        evaluator = HeldOutEval(cfg, cfg.build_learned(), num_tasks=6, steps=500, seeds=2)
         mine, adam = evaluator.losses(state.theta), evaluator.adam_losses()
         summary[name] = {
             "final_meta_loss_last50": float(np.mean(curves[f"outer: {name}"][-50:])),

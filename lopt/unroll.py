@@ -34,19 +34,37 @@ Staggering (``stagger=True``): each particle's first episode is cut to a uniform
 [1, H], as if it had started earlier, so truncation boundaries fall at different points of
 different particles' episodes (Metz et al. 2020; Vicol et al. 2021). Params still start at init.
 
-The meta-objective (Metz et al. 2020: normalized per task, clipped):
+The meta-objective (Metz et al. 2020: normalized per task, clipped). With x_t the relative excess
+loss of step t,
 
 .. math::
-    \ell_t = \operatorname{clip}\Big(\frac{L_t - L_\text{ref}}{|L_0 - L_\text{ref}| + \epsilon},
-             -c,\ c\Big), \qquad \text{NaN and } \pm\infty \mapsto c
+    x_t = \frac{L_t - L_\text{ref}}{|L_0 - L_\text{ref}| + \epsilon}, \qquad
+    \ell_t = \begin{cases}
+        \operatorname{clip}(x_t, -c, c) & \texttt{objective="relative"} \\
+        \operatorname{clip}(\log \max(x_t, x_\text{min}),\ \log x_\text{min},\ \log c) & \texttt{objective="log"}
+    \end{cases}
+    \qquad \text{NaN and } \pm\infty \mapsto \text{the upper clip}
 
-with L_0 the episode's loss at initialization, L_ref = ``loss_reference`` and c = ``meta_clip``.
-With the default L_ref = 0, ℓ = L/L_0 for positive losses: 1 is "no progress", 0 is perfect, and
-c = 3 counts a particle 3× worse than its init as no worse than that. For a family whose loss can
-be negative (or whose floor is far from 0), give a lower bound or a typical good value as L_ref:
-the scale |L_0 − L_ref| is then the initial excess loss and ℓ stays comparable across tasks. A
-truncation's meta-loss is the mean of ℓ_t over its steps. L_0 does not depend on theta, so the
-antithetic differences of the ES estimators are differences of relative losses.
+with L_0 the episode's loss at initialization, L_ref = ``loss_reference``, c = ``meta_clip`` and
+x_min = `LOG_FLOOR`. With L_ref = 0, "relative" is L/L_0: 1 is "no progress", 0 is perfect, and a
+particle 3x worse than its init counts as no worse than that. Late in training the differences
+between optimizers are tiny in those units (0.001-0.02 of L_0 on VAEs and LMs), so "log" measures
+them relative to the excess loss that is left: going from 2x to 1x the reference's excess counts
+as much as going from 20x to 10x. L_ref should be a lower bound or a good loss of the task's group
+(`lopt.objective.group_reference`: the best loss tuned Adam reaches, less a margin), so that
+x_t -> 0 only for a very good optimizer. L_0 and L_ref do not depend on theta, so the antithetic
+differences of the ES estimators are differences of relative (log) losses.
+
+Step weights. Each step's loss has a weight w(s, H) that depends only on the particle's step s
+(1..H, after the update) and its episode's horizon H, never on theta, and averages 1 over an episode
+(Σ_s w = H), so an episode's total weight is its length, as with uniform weights:
+
+- ``"uniform"``: w = 1 (the step-average of ℓ over the episode);
+- ``"ramp"``: w = 2s / (H + 1), rising linearly: the second half of the episode carries 3/4 of it;
+- ``"final"``: w = H / n on the last n = ceil(`FINAL_FRACTION` · H) steps, 0 before them.
+
+A truncation's meta-loss is (1/K) Σ_t w_t ℓ_t. `UnrollOutput.phase` = s / H is each step's place in
+its episode, for metrics binned by phase (`phase_bins`).
 
 References: Metz, Maheswaranathan, Freeman, Poole, Sohl-Dickstein 2020, arXiv:2009.11243;
 Vicol, Metz, Sohl-Dickstein 2021, "Unbiased gradient estimation in unrolled computation graphs
@@ -69,6 +87,10 @@ from lopt.validate import check_choice, check_range
 PyTree = Any
 
 META_SPLITS = ("outer_valid", "train")
+OBJECTIVES = ("relative", "log")
+STEP_WEIGHTS = ("uniform", "ramp", "final")
+LOG_FLOOR = 1e-3  # x_min of the "log" objective: relative excess losses below it count as it
+FINAL_FRACTION = 0.25  # the "final" step weights cover the last quarter of each episode
 NORM_EPS = 1e-6  # ε of the normalization: keeps the scale positive when L_0 = L_ref
 KEYS_PER_STEP = 7  # inner-valid batch and loss, train batch and loss, meta batch and loss, restart
 
@@ -94,15 +116,47 @@ class UnrollOutput(NamedTuple):
     loss: jax.Array  # float32: raw training loss before the update
     done: jax.Array  # bool: the episode reached its horizon with this step
     finite: jax.Array  # bool: the training loss and the raw meta-loss were finite
+    weight: jax.Array  # float32: the step's weight w(s, H) in the meta-loss (theta-free; mean 1 per episode)
+    phase: jax.Array  # float32: s / H, the step's place in its episode, in (0, 1]
 
 
 def normalize_meta_loss(
-    loss: jax.Array, init_loss: jax.Array, reference: float = 0.0, clip: float = 3.0
+    loss: jax.Array, init_loss: jax.Array, reference: float = 0.0, clip: float = 3.0, objective: str = "relative"
 ) -> jax.Array:
-    """ℓ = clip((L − L_ref) / (|L_0 − L_ref| + ε), −c, c), with NaN and ±inf mapped to c."""
+    """ℓ of the module docstring: x = (L − L_ref) / (|L_0 − L_ref| + ε); ``"relative"``: clip(x, −c, c),
+    ``"log"``: clip(log max(x, x_min), log x_min, log c); NaN and ±inf map to the upper clip."""
     scale = jnp.abs(init_loss - reference) + NORM_EPS
     x = (loss - reference) / scale
+    if objective == "log":
+        hi = math.log(clip)
+        y = jnp.log(jnp.maximum(x, LOG_FLOOR))
+        return jnp.clip(jnp.where(jnp.isfinite(x), y, hi), math.log(LOG_FLOOR), hi)
     return jnp.clip(jnp.where(jnp.isfinite(x), x, clip), -clip, clip)
+
+
+def step_weight(step: jax.Array, horizon: jax.Array, kind: str = "uniform") -> jax.Array:
+    """w(s, H) of the module docstring for steps s in 1..H: theta-free, Σ_{s=1}^{H} w = H."""
+    s = jnp.asarray(step, jnp.float32)
+    h = jnp.maximum(jnp.asarray(horizon, jnp.float32), 1.0)
+    if kind == "ramp":
+        return 2.0 * s / (h + 1.0)
+    if kind == "final":
+        n = jnp.ceil(FINAL_FRACTION * h)
+        return jnp.where(s > h - n, h / n, 0.0)
+    return jnp.ones_like(s)
+
+
+def phase_bins(
+    meta_loss: jax.Array, phase: jax.Array, num_bins: int = 4, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(sums, counts), each (num_bins,): ℓ summed and counted by episode phase s/H in the bins
+    (0, 1/B], (1/B, 2/B], ..., over the steps where ``mask`` (default: all), so runs and configs can
+    be compared at the same point of training."""
+    idx = jnp.clip(jnp.ceil(phase * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1).ravel()
+    w = jnp.ones(meta_loss.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    sums = jnp.zeros((num_bins,), jnp.float32).at[idx].add((w * meta_loss).ravel())
+    counts = jnp.zeros((num_bins,), jnp.float32).at[idx].add(w.ravel())
+    return sums, counts
 
 
 def first_segment(done: jax.Array) -> jax.Array:
@@ -142,6 +196,8 @@ class Unroller:
     meta_clip: float = 3.0  # c: the normalized meta-loss is clipped to [-c, c]; NaN/inf become c
     loss_reference: float = 0.0  # L_ref of the normalization; 0 for losses bounded below by 0
     stagger: bool = True  # cut each particle's first episode to a random length in [1, H]
+    objective: str = "relative"  # ℓ of the relative excess loss x: "relative" (x) or "log" (log x)
+    step_weights: str = "uniform"  # w(s, H) of each step: "uniform", "ramp" or "final"
 
     def __post_init__(self):
         lo, hi = self.horizon
@@ -150,6 +206,10 @@ class Unroller:
         check_range("valid_every", self.valid_every, 1, 10_000_000)
         check_choice("meta_split", self.meta_split, META_SPLITS)
         check_range("meta_clip", self.meta_clip, 1e-6, 1e30)
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("step_weights", self.step_weights, STEP_WEIGHTS)
+        if self.objective == "log" and self.meta_clip <= LOG_FLOOR:
+            raise ValueError(f"meta_clip={self.meta_clip} must exceed LOG_FLOOR={LOG_FLOOR} with objective='log'.")
 
     # --- building blocks (one particle) ------------------------------------------------------
     def data(self) -> PyTree:
@@ -200,8 +260,8 @@ class Unroller:
         )
 
     def _step(self, theta: PyTree, state: UnrollState, keys: jax.Array, data: PyTree):
-        """One inner step of one particle: (state, (ℓ, L, finite)); ``keys`` (4,): train batch,
-        train loss, meta batch, meta loss."""
+        """One inner step of one particle: (state, (ℓ, L, finite, w, phase)); ``keys`` (4,): train
+        batch, train loss, meta batch, meta loss."""
         task = self.task(state.task, data)
         opt = self.optimizer(theta)
         loss, grads = jax.value_and_grad(task.loss)(state.params, keys[1], task.batch(keys[0], "train"))
@@ -210,11 +270,12 @@ class Unroller:
         updates, opt_state = opt.update(grads, state.opt_state, state.params, loss=loss, valid_loss=valid)
         params = optax.apply_updates(state.params, updates)
         raw = loss if self.meta_split == "train" else self._loss_on(task, params, keys[2:], self.meta_split)
-        meta = normalize_meta_loss(raw, state.init_loss, self.loss_reference, self.meta_clip)
-        state = state._replace(
-            params=params, opt_state=opt_state, step=state.step + 1, valid_fresh=jnp.zeros([], bool)
-        )
-        return state, (meta, loss, jnp.isfinite(loss) & jnp.isfinite(raw))
+        meta = normalize_meta_loss(raw, state.init_loss, self.loss_reference, self.meta_clip, self.objective)
+        step = state.step + 1
+        weight = step_weight(step, state.horizon, self.step_weights)
+        phase = step.astype(jnp.float32) / jnp.maximum(state.horizon, 1).astype(jnp.float32)
+        state = state._replace(params=params, opt_state=opt_state, step=step, valid_fresh=jnp.zeros([], bool))
+        return state, (meta, loss, jnp.isfinite(loss) & jnp.isfinite(raw), weight, phase)
 
     def _restart(
         self, state: UnrollState, ended: jax.Array, keys: jax.Array, theta, theta_axis, antithetic, data
@@ -317,8 +378,8 @@ class Unroller:
             state = jax.lax.cond(
                 j % self.valid_every == 0, measure_valid, lambda s, _: s, state, keys[:, 0:2]
             )
-            state, (meta, loss, finite) = step_fn(theta, state, keys[:, 2:6], data)
-            return state, UnrollOutput(meta, loss, state.step >= state.horizon, finite)
+            state, (meta, loss, finite, weight, phase) = step_fn(theta, state, keys[:, 2:6], data)
+            return state, UnrollOutput(meta, loss, state.step >= state.horizon, finite, weight, phase)
 
         return jax.lax.scan(body, state, (jnp.arange(num_steps), keys))
 

@@ -246,18 +246,31 @@ def test_config_mismatch_names_the_keys(tmp_path, key):
     assert "seed" not in message and "clip" not in message and str(path) in message
 
 
-def test_previous_checkpoint_survives_a_corrupt_newer_one(tmp_path, key):
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, key):
     state = _state(key)
     good = checkpoint.save(tmp_path, 1, state, CONFIG)
     bad = checkpoint.save(tmp_path, 2, _state(key, fill=1), CONFIG)
     bad.write_bytes(bad.read_bytes()[:-10])
-    with pytest.raises(CheckpointError, match="truncated") as info:
-        checkpoint.restore_latest(tmp_path, state)
-    assert str(bad) in str(info.value) and f"previous checkpoint {good} is untouched" in str(info.value)
-    assert checkpoint.list_checkpoints(tmp_path) == [good, bad]  # restore deletes nothing
-    restored, _, step = checkpoint.restore(good, state)
+    skipped = []
+    restored, _, step = checkpoint.restore_latest(tmp_path, state, skipped=skipped)
     _assert_bitwise_equal(restored, state)
     assert step == 1
+    assert len(skipped) == 1 and skipped[0].path == str(bad) and "truncated" in skipped[0].cause
+    assert checkpoint.list_checkpoints(tmp_path) == [good, bad]  # restore deletes nothing
+    # every checkpoint corrupt: an error naming each, still nothing deleted
+    good.write_bytes(good.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="every checkpoint .* is corrupt") as info:
+        checkpoint.restore_latest(tmp_path, state)
+    assert str(good) in str(info.value) and str(bad) in str(info.value)
+    assert checkpoint.list_checkpoints(tmp_path) == [good, bad]
+
+
+def test_config_mismatch_is_not_passed_over(tmp_path, key):
+    state = _state(key)
+    checkpoint.save(tmp_path, 1, state, CONFIG)
+    checkpoint.save(tmp_path, 2, state, CONFIG)
+    with pytest.raises(checkpoint.CheckpointMismatch, match="config mismatch"):
+        checkpoint.restore_latest(tmp_path, state, expect_config={**CONFIG, "seed": 12345})
 
 
 def test_failed_save_leaves_previous_checkpoint_and_no_temp(tmp_path, key, monkeypatch):

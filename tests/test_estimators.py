@@ -20,6 +20,7 @@ import optax
 import pytest
 
 from lopt.estimators import ESTIMATORS, get_estimator
+from lopt.estimators.base import PHASE_BINS
 from lopt.tasks.base import TaskFamily
 from lopt.tasks.registry import get_family
 from lopt.validate import UnknownNameError
@@ -292,8 +293,14 @@ def test_contract_shapes_metrics_determinism(name, key):
     assert jax.tree.structure(grad) == jax.tree.structure(theta)
     assert grad["log_lr"].shape == (2,) and grad["log_lr"].dtype == jnp.float32
     assert np.all(np.isfinite(grad["log_lr"])) and np.any(grad["log_lr"] != 0.0)
-    assert set(metrics) == {"meta_loss", "num_nonfinite", "num_zeroed", "num_resets", "inner_steps"}
-    assert all(np.shape(v) == () for v in metrics.values())
+    binned = {"phase_sum", "phase_count"}
+    assert set(metrics) == {"meta_loss", "meta_loss_weighted", "num_nonfinite", "num_zeroed", "num_resets",
+                            "inner_steps", "num_dropped", *binned}  # fmt: skip
+    assert all(np.shape(v) == () for k, v in metrics.items() if k not in binned)
+    assert all(np.shape(metrics[k]) == (PHASE_BINS,) for k in binned)
+    # uniform weights: the weighted meta-loss is the plain one; the phase bins hold every counted step
+    np.testing.assert_allclose(metrics["meta_loss_weighted"], metrics["meta_loss"], rtol=1e-6)
+    np.testing.assert_allclose(np.sum(metrics["phase_sum"]) / np.sum(metrics["phase_count"]), metrics["meta_loss"], rtol=1e-5)
     assert int(metrics["inner_steps"]) == est.inner_steps_per_estimate()
     assert 0.0 < float(metrics["meta_loss"]) < 1.0 and int(metrics["num_resets"]) > 0
     # the state has a fixed structure: a second estimate reuses the compiled program

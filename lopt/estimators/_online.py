@@ -6,12 +6,17 @@ truncation's losses ℓ_{p,t} are functions of every perturbation applied earlie
 so (Vicol et al. 2021, with antithetic pairs) the unbiased per-step weight is that sum:
 
 .. math::
-    \hat g = \frac{1}{P}\sum_p \frac{1}{2\sigma^2 K}\sum_{t=1}^{K} w_{p,t}\,
+    \hat g = \frac{1}{P}\sum_p \frac{1}{2\sigma^2 K}\sum_{t=1}^{K} w_{p,t}\,\omega_{p,t}
              \big(\ell^{+}_{p,t} - \ell^{-}_{p,t}\big),\qquad
     w_{p,t} = \begin{cases} \xi_p & \text{t in the episode that was running at the start} \\
                             \epsilon_p & \text{t in an episode that began in this truncation}\end{cases}
 
-ℓ± from θ ± ε_p (same task, batches and restarts: resets do not depend on theta). After the
+ℓ± from θ ± ε_p (same task, batches and restarts: resets do not depend on theta), ω_{p,t} the
+step weight of `lopt.unroll` (theta-free, so the estimate stays unbiased for the weighted
+objective). Two options make the estimate robust at the cost of that exactness: ``drop_diverged``
+zeroes a pair's terms from its first non-finite loss until its episode restarts (a diverged twin
+otherwise scores the clip value for the rest of its episode), and ``shaping="zscore"``
+(`shape_pairs`) normalizes the per-pair sums by their spread over the population. After the
 truncation ξ_p ← ξ_p if no episode ended, ε_p if one began during it, 0 if the last one ended with
 the truncation's last step. The two estimators differ only in when a new ε is drawn:
 
@@ -29,7 +34,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lopt.estimators.base import GradientEstimator, antithetic_thetas, finite_mean_rows, flat_normal, unroll_metrics
+from lopt.estimators.base import (
+    GradientEstimator,
+    antithetic_thetas,
+    finite_mean_rows,
+    flat_normal,
+    shape_pairs,
+    unroll_metrics,
+)
 from lopt.unroll import UnrollState, first_segment
 
 
@@ -40,13 +52,14 @@ class OnlineESState(NamedTuple):
     accum: jax.Array  # (P, D) ξ: sum of the perturbations the current episode has seen
     noise: jax.Array  # (P, D) ε: the perturbation applied in the last truncation
     redraw: jax.Array  # (P,) bool: draw a new ε at the next truncation (NRES; PES always draws)
+    diverged: jax.Array  # (P,) bool: the pair's current episode has had a non-finite loss
 
 
 def online_init(est: GradientEstimator, theta) -> OnlineESState:
     p = est.num_particles
     inner = est.unroller.init(theta, 2 * p)  # not started: each begins an episode at its first step
     zeros = jnp.zeros_like(flat_normal(jax.random.key(0), theta, p))
-    return OnlineESState(inner, zeros, zeros, jnp.ones((p,), bool))
+    return OnlineESState(inner, zeros, zeros, jnp.ones((p,), bool), jnp.zeros((p,), bool))
 
 
 def online_estimate(
@@ -63,15 +76,36 @@ def online_estimate(
     thetas = antithetic_thetas(theta, noise)  # (2P, ...)
     inner, out = unroller.unroll(k_unroll, state.unroll, thetas, k, theta_axis=0, antithetic=True, data=data)
 
-    diff = out.meta_loss[:, :p] - out.meta_loss[:, p:]  # (K, P): ℓ+ − ℓ−
+    diff = (out.meta_loss[:, :p] - out.meta_loss[:, p:]) * out.weight[:, :p]  # (K, P): ω (ℓ+ − ℓ−)
     done = out.done[:, :p]  # (K, P), equal for both members of a pair
+    bad, diverged = episode_diverged(out.finite[:, :p] & out.finite[:, p:], done, state.diverged)
+    if est.drop_diverged:
+        diff = jnp.where(bad, 0.0, diff)
     first = first_segment(done)  # (K, P)
     c = 1.0 / (2.0 * sigma**2 * k)
     a = jnp.sum(jnp.where(first, diff, 0.0), axis=0) * c  # (P,) weight of ξ
     b = jnp.sum(jnp.where(first, 0.0, diff), axis=0) * c  # (P,) weight of ε (episodes begun here)
+    live = ~jnp.all(bad, axis=0) if est.drop_diverged else None
+    a, b = shape_pairs(a, b, est.shaping, live)
     grad, zeroed = finite_mean_rows(a[:, None] * accum + b[:, None] * noise, theta)
 
     ended, ended_last = jnp.any(done, axis=0), done[-1]  # (P,), (P,)
     new_accum = jnp.where(ended[:, None], jnp.where(ended_last[:, None], 0.0, noise), accum)
-    new_state = OnlineESState(inner, new_accum, noise, ended)
-    return grad, new_state, unroll_metrics(out, zeroed)
+    new_state = OnlineESState(inner, new_accum, noise, ended, diverged)
+    metrics = unroll_metrics(out, zeroed)
+    metrics["num_dropped"] = jnp.sum(jnp.any(bad, axis=0), dtype=jnp.int32) if est.drop_diverged else jnp.int32(0)
+    return grad, new_state, metrics
+
+
+def episode_diverged(ok: jax.Array, done: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(bad (K, P), carried (P,)): ``bad[t]`` -- the episode running at step t has had a step with
+    ``ok`` False at or before t (``start``: it already had, for the episode running at the start);
+    an episode that ends with ``done[t]`` clears the flag for the next one."""
+
+    def body(flag, xs):
+        ok_t, done_t = xs
+        flag = flag | ~ok_t
+        return jnp.where(done_t, False, flag), flag
+
+    carried, bad = jax.lax.scan(body, start, (ok, done))
+    return bad, carried

@@ -16,9 +16,12 @@ Non-finite estimates never reach theta: each particle's contribution to the meta
 NaN or infinite is replaced by zero (the mean still divides by P) and counted in
 ``metrics["num_zeroed"]``. The meta-losses are finite by construction (`lopt.unroll`: a non-finite
 loss becomes the clip value), and ``metrics["num_nonfinite"]`` counts the unrolls whose raw losses
-were not. Metrics (all scalar arrays):
+were not. Metrics (scalar arrays but the phase bins):
 
 - ``meta_loss``: mean normalized meta-loss over the truncation's steps and unrolls;
+- ``meta_loss_weighted``: the same with each step's weight (`lopt.unroll.step_weight`): what is optimized;
+- ``phase_sum``, ``phase_count`` (`PHASE_BINS`,): ℓ summed and counted by episode phase s/H;
+- ``num_dropped``: pairs left out for a diverged episode (``drop_diverged``; 0 otherwise);
 - ``num_nonfinite``: unrolls with a non-finite training or meta-loss in this truncation;
 - ``num_zeroed``: particles whose non-finite gradient contribution was replaced by zero;
 - ``num_resets``: episodes that ended during the truncation;
@@ -36,10 +39,14 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from lopt.tasks.base import TaskFamily
-from lopt.unroll import Unroller, UnrollOutput
-from lopt.validate import check_range
+from lopt.unroll import Unroller, UnrollOutput, phase_bins
+from lopt.validate import check_choice, check_range
 
 PyTree = Any
+
+SHAPINGS = ("none", "zscore")
+ZSCORE_CLIP = 3.0  # zscore shaping: a pair's normalized difference is clipped to [-3, 3]
+PHASE_BINS = 4  # meta-loss metrics binned by episode phase s/H: (0, 1/4], ..., (3/4, 1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +70,14 @@ class GradientEstimator(abc.ABC):
     meta_clip: float = 3.0  # normalized meta-loss clipped to [-c, c]; NaN/inf become c
     loss_reference: float = 0.0  # L_ref of the normalization (L − L_ref)/|L_0 − L_ref|
     stagger: bool = True  # cut first episodes to random lengths so truncations are staggered
+    objective: str = "relative"  # per-step ℓ of the relative excess loss x: "relative" (x) or "log" (log x)
+    step_weights: str = "uniform"  # weight of each step by its place in the episode: uniform, ramp, final
+    shaping: str = "none"  # ES fitness shaping of the antithetic differences: none, or zscore (`shape_pairs`)
+    drop_diverged: bool = False  # ES: a pair with a non-finite loss contributes nothing until its episode restarts
 
     def __post_init__(self):
         check_range(f"{self.name}.num_particles", self.num_particles, 1, 10_000_000)
+        check_choice(f"{self.name}.shaping", self.shaping, SHAPINGS)
         check_range(f"{self.name}.truncation_length", self.truncation_length, 1, 10_000_000)
         _ = self.unroller  # validates the unroll fields
 
@@ -82,6 +94,8 @@ class GradientEstimator(abc.ABC):
             meta_clip=self.meta_clip,
             loss_reference=self.loss_reference,
             stagger=self.stagger,
+            objective=self.objective,
+            step_weights=self.step_weights,
         )
 
     def default_hparams(self) -> dict[str, jax.Array]:
@@ -162,17 +176,46 @@ def finite_mean(grads: PyTree) -> tuple[PyTree, jax.Array]:
     return mean, jnp.sum(~ok, dtype=jnp.int32)
 
 
+def shape_pairs(a: jax.Array, b: jax.Array, kind: str, live: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Fitness shaping of per-pair antithetic weights (P,): ``a`` and ``b`` scale a pair's two
+    perturbation sums, d = a + b is its total difference.
+
+    ``"zscore"``: both are divided by the root-mean-square of d over the ``live`` pairs (all by
+    default) and a pair whose |d| / rms exceeds `ZSCORE_CLIP` is scaled down to it, so the estimate
+    no longer depends on the scale of the group's losses and no single pair (a twin that diverged, a
+    lucky batch) can steer a step. The direction of each pair's contribution is unchanged; the
+    estimate's scale is that of the perturbations (σ), not of a gradient, which the outer
+    optimizer's normalization (Adam) absorbs. ``"none"``: unchanged.
+    """
+    if kind == "none":
+        return a, b
+    d = a + b
+    live = jnp.ones(d.shape, bool) if live is None else live
+    rms = jnp.sqrt(jnp.sum(jnp.where(live, d * d, 0.0)) / jnp.maximum(jnp.sum(live), 1)) + 1e-30
+    z = d / rms
+    factor = jnp.minimum(1.0, ZSCORE_CLIP / jnp.maximum(jnp.abs(z), 1e-30)) / rms
+    return a * factor, b * factor
+
+
 def unroll_metrics(
     out: UnrollOutput, num_zeroed: jax.Array, mask: jax.Array | None = None
 ) -> dict[str, jax.Array]:
     """The metrics of an estimate from its unroll outputs (K, N); ``mask`` (K, N) selects the
-    steps that count for the meta-loss (default: all)."""
-    if mask is None:
-        meta_loss = jnp.mean(out.meta_loss)
-    else:
-        meta_loss = jnp.sum(jnp.where(mask, out.meta_loss, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+    steps that count for the meta-loss (default: all).
+
+    ``meta_loss`` is the plain mean of ℓ; ``meta_loss_weighted`` the mean of w·ℓ (what is optimized);
+    ``phase_sum`` / ``phase_count`` (`PHASE_BINS`,) bin ℓ by episode phase (`lopt.unroll.phase_bins`).
+    """
+    mask = jnp.ones(out.meta_loss.shape, bool) if mask is None else mask
+    count = jnp.maximum(jnp.sum(mask), 1)
+    meta_loss = jnp.sum(jnp.where(mask, out.meta_loss, 0.0)) / count
+    weighted = jnp.sum(jnp.where(mask, out.weight * out.meta_loss, 0.0)) / count
+    sums, counts = phase_bins(out.meta_loss, out.phase, PHASE_BINS, mask)
     return {
         "meta_loss": meta_loss,
+        "meta_loss_weighted": weighted,
+        "phase_sum": sums,
+        "phase_count": counts,
         "num_nonfinite": jnp.sum(~jnp.all(out.finite, axis=0), dtype=jnp.int32),
         "num_zeroed": num_zeroed,
         "num_resets": jnp.sum(out.done, dtype=jnp.int32),

@@ -8,7 +8,7 @@ same task, initialization and batches (common random numbers) -- for a whole epi
     \hat g = \frac{1}{P}\sum_{p=1}^{P} \frac{\epsilon_p}{2\sigma^2}\big(J_p(\theta+\epsilon_p) - J_p(\theta-\epsilon_p)\big),
     \qquad \epsilon_p \sim \mathcal N(0, \sigma^2 I),
 
-J_p the mean normalized meta-loss over the episode's steps. It is an unbiased estimate of the
+J_p the weighted mean normalized meta-loss over the episode's steps (Σ_t ω_t ℓ_t / H_p, `lopt.unroll`). It is an unbiased estimate of the
 gradient of the Gaussian-smoothed objective E_ε[J(θ + ε)], with no truncation bias, at the price
 of a whole episode per estimate (no state carries over between estimates).
 
@@ -28,7 +28,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lopt.estimators.base import GradientEstimator, antithetic_thetas, finite_mean_rows, flat_normal, unroll_metrics
+from lopt.estimators.base import (
+    GradientEstimator,
+    antithetic_thetas,
+    finite_mean_rows,
+    flat_normal,
+    shape_pairs,
+    unroll_metrics,
+)
 from lopt.unroll import first_segment
 
 
@@ -61,7 +68,14 @@ class ES(GradientEstimator):
         )
         mask = first_segment(out.done)  # (K, 2P): the steps of each particle's episode
         steps = jnp.sum(mask, axis=0).astype(jnp.float32)  # (2P,) H_p
-        j = jnp.sum(jnp.where(mask, out.meta_loss, 0.0), axis=0) / steps  # (2P,) J_p(θ ± ε_p)
+        j = jnp.sum(jnp.where(mask, out.weight * out.meta_loss, 0.0), axis=0) / steps  # (2P,) J_p(θ ± ε_p)
         weights = (j[:p] - j[p:]) / (2.0 * sigma**2)  # (P,)
+        live = None
+        if self.drop_diverged:  # a pair with a non-finite loss in its episode contributes nothing
+            live = jnp.all(jnp.where(mask[:, :p], out.finite[:, :p] & out.finite[:, p:], True), axis=0)
+            weights = jnp.where(live, weights, 0.0)
+        weights, _ = shape_pairs(weights, jnp.zeros_like(weights), self.shaping, live)
         grad, zeroed = finite_mean_rows(weights[:, None] * noise, theta)
-        return grad, state, unroll_metrics(out, zeroed, mask)
+        metrics = unroll_metrics(out, zeroed, mask)
+        metrics["num_dropped"] = jnp.int32(0) if live is None else jnp.sum(~live, dtype=jnp.int32)
+        return grad, state, metrics

@@ -65,8 +65,8 @@ class TBPTT(GradientEstimator):
             inner, out = unroller.unroll(
                 key, state.unroll, thetas, self.truncation_length, theta_axis=0, data=data
             )
-            return jnp.sum(jnp.mean(out.meta_loss, axis=0)), (inner, out)
+            return jnp.sum(jnp.mean(out.weight * out.meta_loss, axis=0)), (inner, out)
 
         grads, (inner, out) = jax.grad(total_loss, has_aux=True)(broadcast(theta, self.num_particles))
         grad, zeroed = finite_mean(grads)
-        return grad, TBPTTState(inner), unroll_metrics(out, zeroed)
+        return grad, TBPTTState(inner), {**unroll_metrics(out, zeroed), "num_dropped": jnp.int32(0)}

@@ -1,0 +1,182 @@
+"""The validation protocol (`lopt.validation`) and its place in meta-training: suites fixed and
+disjoint from the held-out suite, stored references by hand, the score's closed form, a learned
+Adam at the reference's own learning rate scoring exactly the reference, and `meta_train`'s
+validations, best theta, portable checkpoints and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lopt import checkpoint
+from lopt.config import MetaTrainConfig
+from lopt.meta_train import meta_train
+from lopt.optimizers.learned import get_learned, load_theta
+from lopt.tasks.suites import get_suite
+from lopt.tuning import ADAM_LR_GRID, BaselineMaker
+from lopt.validate import ConfigError, UnknownNameError
+from lopt.validation import VALIDATION_SUITES, ValidationSuite, Validator, get_validation_suite, normalized, score
+references_mod = importlib.import_module("lopt.validation.references")  # the module, not the function
+from lopt.validation.runs import final_losses
+
+TINY_SUITE = ValidationSuite("tiny", "two logistic regressions, T = 40", families=("logistic_regression",),
+                             per_family=2, draws=3, steps=40, seeds=2, long_tasks=1, long_factor=2)  # fmt: skip
+
+
+@pytest.fixture
+def tiny_suite(monkeypatch, tmp_path):
+    monkeypatch.setitem(VALIDATION_SUITES, "tiny", TINY_SUITE)
+    monkeypatch.setenv("LOPT_CACHE", str(tmp_path / "cache"))
+    return TINY_SUITE
+
+
+def test_unknown_suite_lists_the_valid_ones():
+    with pytest.raises(UnknownNameError, match="valid, valid-small"):
+        get_validation_suite("nope")
+    with pytest.raises(UnknownNameError, match="validation suite"):
+        MetaTrainConfig(validation="nope")
+    with pytest.raises(ConfigError, match="held-out suite"):
+        ValidationSuite("x", "from the held-out suite", suite="test")
+
+
+def test_valid_suite_is_fixed_several_per_family_and_disjoint_from_test():
+    vs = get_validation_suite("valid")
+    tasks = vs.tasks()
+    assert [t.name for t in tasks] == [t.name for t in vs.tasks()]  # fixed by its seed
+    families = [t.family.name for t in tasks]
+    assert sorted(set(families)) == sorted(f.name for f in get_suite("train_nn").families())
+    assert all(families.count(f) == vs.per_family for f in set(families))
+    held_out = get_suite("test").pairs()
+    assert not {(t.family.name, getattr(t.static, "dataset", "-")) for t in tasks} & held_out
+    long = vs.long(tasks)
+    assert len(long) == vs.long_tasks and len({t.family.name for t in long}) == vs.long_tasks
+
+
+def test_score_closed_form():
+    refs = {"tasks": [
+        {"init": 3.0, "per_task": {"loss": 1.0}, "global": {"loss": 1.5}},
+        {"init": 2.0, "per_task": {"loss": 0.0}, "global": {"loss": 0.5}},
+        {"init": 1.0, "per_task": {"loss": 0.5}, "global": {"loss": 0.6}},
+    ]}  # fmt: skip
+    losses = np.array([1.2, -5.0, np.inf])
+    m = score(losses, refs)
+    n = [(1.2 - 1.0) / 2.0, -1.0, 2.0]  # the second clipped at -1, the diverged one at 2
+    assert m["valid/score"] == pytest.approx(np.mean(n))
+    assert m["valid/wins_global"] == 2 and m["valid/wins_per_task"] == 1 and m["valid/diverged"] == 1
+    assert m["valid/global_score"] == pytest.approx(np.mean([0.25, 0.25, 0.2]))
+    np.testing.assert_allclose(normalized(1.0, 1.0, 3.0), 0.0)
+
+
+def test_references_by_hand_and_cached(tiny_suite, monkeypatch):
+    tasks = tiny_suite.tasks()
+    refs = references_mod.references(tiny_suite, tasks, tiny_suite.steps)
+    trials = {"learning_rate": np.asarray(ADAM_LR_GRID, np.float32)}
+    for task, row in zip(tasks, refs["tasks"]):
+        final, init, diverged = final_losses(task, BaselineMaker("adam"), trials, steps=40, seeds=2)
+        med = np.where(diverged.any(-1), np.inf, np.median(final, -1))
+        assert row["per_task"]["loss"] == pytest.approx(float(np.min(med)))
+        assert row["per_task"]["learning_rate"] == pytest.approx(float(ADAM_LR_GRID[int(np.argmin(med))]))
+        assert row["init"] == pytest.approx(float(np.median(init)))
+        assert row["global"]["loss"] >= row["per_task"]["loss"]
+    assert len({r["global"]["learning_rate"] for r in refs["tasks"]}) == 1  # one rate for all tasks
+    # computed once: the second call reads the cache
+    monkeypatch.setattr(references_mod, "compute", lambda *a, **k: pytest.fail("recomputed"))
+    assert references_mod.references(tiny_suite, tasks, tiny_suite.steps) == refs
+
+
+def test_learned_adam_at_the_reference_rate_scores_the_reference(tiny_suite):
+    """`adam_lr` (Adam with a learned global rate) at each task's tuned rate matches the per-task
+    reference on that task: same keys, same batches, the same Adam."""
+    learned = get_learned("adam_lr")()
+    validator = Validator(tiny_suite, learned)
+    refs = validator.references()
+    for t, row in enumerate(refs["tasks"]):
+        theta = learned.init(None)
+        theta = {**theta, "log_lr": jnp.float32(math.log(row["per_task"]["learning_rate"]))}
+        losses = validator.losses(theta)
+        assert losses[t] == pytest.approx(row["per_task"]["loss"], rel=1e-4)
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(family="quadratic", space='{"dims": [4]}', num_groups=1, num_particles=2, truncation_length=5,
+                horizon=(20, 50), loss_reference="zero", validate_every=4, validation="tiny", ckpt_every=4,
+                ckpt_minutes=0, keep=5, log_every=1, out=str(tmp_path / "run"))  # fmt: skip
+    return MetaTrainConfig(**{**base, **kw})
+
+
+def test_meta_train_validates_and_keeps_the_best_theta(tiny_suite, tmp_path):
+    cfg = _cfg(tmp_path, num_steps=12, outer_lr=0.05, warmup=0)
+    meta_train(cfg, progress=False)
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in rows if "valid/score" in r]
+    assert [r["step"] for r in valid] == [0, 4, 8, 12]
+    assert all(r["cpu_seconds"] > 0 for r in valid) and all(r["valid/tasks"] == 2 for r in valid)
+    best_row = min(valid, key=lambda r: r["valid/score"])
+    best = json.loads((out / "best.json").read_text())
+    assert best["step"] == best_row["step"] and best["score"] == pytest.approx(best_row["valid/score"])
+    learned, theta = load_theta(out / "best.safetensors")
+    again = Validator(tiny_suite, learned)(theta)
+    assert again["valid/score"] == pytest.approx(best["score"], rel=1e-6)  # the same theta, the same score
+    # portable checkpoints beside the full ones: small, and the same theta as the full checkpoint
+    port = checkpoint.latest(out / "portable")
+    assert port is not None and port.name == "ckpt_00000012.safetensors" and port.stat().st_size < 1_000_000
+    assert "test" not in json.dumps(valid)  # no test split anywhere in the validation rows
+
+
+def test_resume_from_a_portable_checkpoint_restarts_particles(tiny_suite, tmp_path):
+    """A run copied without its full checkpoints (another machine) resumes from the portable file:
+    theta, outer state, step and key from it, particles fresh -- documented as not bitwise."""
+    from rich.console import Console
+
+    from lopt.meta_train import MetaTrainer
+    from lopt.meta_train.loop import portable
+
+    cfg = _cfg(tmp_path, num_steps=10, validate_every=0)
+    final = meta_train(cfg, progress=False)
+    out = tmp_path / "run"
+    template = jax.eval_shape(MetaTrainer.from_config(cfg)._init, jax.random.key(cfg.seed))
+    state8, _, _ = checkpoint.restore(checkpoint.checkpoint_path(out / "checkpoints", 8), template)
+    for path in checkpoint.list_checkpoints(out / "checkpoints") + checkpoint.list_checkpoints(out / "portable"):
+        path.unlink()
+    checkpoint.save(out / "portable", 8, portable(state8), cfg.trajectory(), keep=1)
+    console = Console(record=True, width=300)
+    state = meta_train(dataclasses.replace(cfg, resume=True), progress=False, console=console)
+    assert "resuming from the portable checkpoint of step 8" in console.export_text()
+    assert int(state.step) == 10 and int(state.num_skipped) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "meta_loss" in r] == list(range(1, 11))
+    moved = [np.asarray(a) for a in jax.tree.leaves(state.theta)]
+    assert not all(np.array_equal(a, np.asarray(b)) for a, b in zip(moved, jax.tree.leaves(state8.theta)))
+    assert not all(np.array_equal(a, np.asarray(b)) for a, b in zip(moved, jax.tree.leaves(final.theta)))
+
+
+def test_resume_passes_over_a_corrupt_checkpoint(tiny_suite, tmp_path, capsys):
+    cfg = _cfg(tmp_path, num_steps=8, validate_every=0)
+    meta_train(cfg, progress=False)
+    ckpts = checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")
+    newest = ckpts[-1]
+    newest.write_bytes(newest.read_bytes()[:-7])
+    from rich.console import Console
+
+    console = Console(record=True, width=300)
+    state = meta_train(dataclasses.replace(cfg, resume=True), progress=False, console=console)
+    text = console.export_text()
+    assert f"passing over a corrupt checkpoint: {newest}" in text and "resuming from step 4" in text
+    assert newest.exists() and int(state.step) == 8  # nothing deleted; the run ran steps 5-8 again
+
+
+def test_resume_of_a_foreign_run_names_the_file(tmp_path):
+    cfg = _cfg(tmp_path, num_steps=4, validate_every=0)
+    meta_train(cfg, progress=False)
+    with pytest.raises(checkpoint.CheckpointMismatch, match="ckpt_00000004.safetensors.*config mismatch.*seed"):
+        meta_train(dataclasses.replace(cfg, seed=99, resume=True), progress=False)
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "ckpt_00000004.safetensors")
