@@ -117,17 +117,23 @@ CASES = (
 
 
 def make_trainer(case: Case) -> MetaTrainer:
-    """PES, K = 50, horizons 100-1000, default outer AdamW: `lopt meta-train`'s defaults."""
+    """PES, K = 50, horizons 100-1000, default outer AdamW and `lopt meta-train`'s default objective
+    (log, ramp weights, zscore shaping, dropped diverged pairs); L_ref = 0 (its value costs nothing)."""
+    defaults = MetaTrainConfig()
+    objective = {"objective": defaults.objective, "step_weights": defaults.step_weights,
+                 "shaping": defaults.shaping, "drop_diverged": defaults.drop_diverged}  # fmt: skip
     if case.family != "isotropic":
         cfg = MetaTrainConfig(
             family=case.family, space=json.dumps(case.space), num_groups=case.num_groups,
-            num_particles=case.num_particles, truncation_length=50, estimator="pes",
+            num_particles=case.num_particles, truncation_length=50, estimator="pes", horizon=(100, 1000),
+            loss_reference="zero", validate_every=0,
         )  # fmt: skip
-        return MetaTrainer.build(cfg)
+        return MetaTrainer.from_config(cfg)
     learned = get_learned("mlp")()
     family = IsotropicQuadratic(case.space["dim"])
     est = get_estimator("pes", learned=learned, family=family, static=family.sample_static(None),
-                        num_particles=case.num_particles, truncation_length=50, horizon=(100, 1000))  # fmt: skip
+                        num_particles=case.num_particles, truncation_length=50, horizon=(100, 1000),
+                        **objective)  # fmt: skip
     return MetaTrainer(
         learned, (est,), (1.0,), outer_optimizer(MetaTrainConfig()), ({"sigma": jnp.float32(0.01)},)
     )

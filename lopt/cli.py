@@ -148,6 +148,28 @@ def export_theta(run: str, out: str, /) -> None:
     console.print(f"theta of {trainer.learned.name} at outer step {step} written to {out}")
 
 
+def validate(candidates: tuple[str, ...], /, validation: str = "valid", long: bool = False,
+             out: str = "runs/select") -> None:  # fmt: skip
+    """Validate and rank thetas on a validation suite (never the held-out suite): choose what to ship.
+
+    Args:
+        candidates: run directories (latest checkpoint), RUN:STEP,STEP, theta files (a run's
+            best.safetensors) or pretrained names.
+        validation: the validation suite (lopt.validation).
+        long: also its long subset at 10 x T.
+        out: selection.md and selection.json are written here.
+    """
+    import os
+
+    import jax
+
+    from lopt.selection import main as select
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/lopt/jax"))
+    select([*candidates, "--validation", validation, "--out", out, *(["--long"] if long else [])])
+
+
 COMMANDS: dict[str, dict[str, Callable]] = {
     "data": {"fetch": data_fetch, "list": data_list},
     "tasks": {"list": tasks_list},
@@ -156,6 +178,7 @@ COMMANDS: dict[str, dict[str, Callable]] = {
     "report": {"": report},
     "meta-train": {"": meta_train},
     "export-theta": {"": export_theta},
+    "validate": {"": validate},
 }
 
 

@@ -152,3 +152,21 @@ def meta_loss_figure(path: str, curves: Mapping[str, Sequence[float]], width: in
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def validation_figure(path: str, runs: Mapping[str, Mapping[str, Sequence[float]]]) -> None:
+    """Validation score against CPU-hours of meta-training, one line per run (``runs``: name ->
+    {"cpu_hours": [...], "score": [...], "global_score": float}); AdamLR-global's score dashed."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for i, (name, r) in enumerate(runs.items()):
+        ax.plot(r["cpu_hours"], r["score"], marker="o", ms=3, color=_COLORS[i % len(_COLORS)], label=name)
+    globals_ = [r["global_score"] for r in runs.values() if "global_score" in r]
+    if globals_:
+        ax.axhline(globals_[0], ls="--", color="gray", label="AdamLR-global")
+    ax.axhline(0.0, ls=":", color="black", label="AdamLR-per-task")
+    ax.set_xlabel("meta-training CPU-hours (one core)")
+    ax.set_ylabel("validation score (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

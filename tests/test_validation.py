@@ -180,3 +180,35 @@ def test_resume_of_a_foreign_run_names_the_file(tmp_path):
     with pytest.raises(checkpoint.CheckpointMismatch, match="ckpt_00000004.safetensors.*config mismatch.*seed"):
         meta_train(dataclasses.replace(cfg, seed=99, resume=True), progress=False)
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "ckpt_00000004.safetensors")
+
+
+def test_best_within_a_cpu_budget():
+    from lopt.meta_train.curves import best_within
+
+    rows = [{"cpu_seconds": 600, "valid/score": 0.5, "step": 0}, {"cpu_seconds": 1700, "valid/score": 0.2, "step": 50},
+            {"cpu_seconds": 4000, "valid/score": 0.3, "step": 100}, {"cpu_seconds": 7000, "valid/score": 0.1, "step": 150}]  # fmt: skip
+    assert best_within(rows, 0.5)["step"] == 50
+    assert best_within(rows, 1.5)["step"] == 50  # 0.3 at step 100 is worse than the kept 0.2
+    assert best_within(rows, 2.0)["step"] == 150
+    assert best_within(rows, 0.1) is None
+
+
+def test_group_reference_is_tuned_adams_best_less_the_margin(monkeypatch, tmp_path):
+    from lopt.objective import REFERENCE_GRID, REFERENCE_MARGIN, REFERENCE_SEED, group_reference
+    from lopt.tasks.base import TaskConfig
+    from lopt.tasks.registry import get_family
+    from lopt.tuning import failed, init_loss, lr_search, run_search
+    from lopt.tuning import score as tuning_score
+
+    family = get_family("logistic_regression", datasets=("wine",))
+    static = family.sample_static(jax.random.key(0))
+    ref = group_reference(family, static, steps=30, cache=str(tmp_path))
+    task = family.task(TaskConfig(static, family.sample_dynamic(jax.random.key(REFERENCE_SEED), static)))
+    res = run_search(task, lr_search("adam", grid=REFERENCE_GRID), num_steps=30, num_seeds=1, eval_every=30,
+                     seed=REFERENCE_SEED)  # fmt: skip
+    s = np.where(failed(res), np.inf, tuning_score(res, "outer_valid"))
+    best, init = float(s.min()), init_loss(res, "outer_valid")
+    assert ref == pytest.approx(best - REFERENCE_MARGIN * (init - best), rel=1e-6)
+    assert group_reference(family, static, kind="zero") == 0.0
+    with pytest.raises(ConfigError, match="loss reference"):
+        group_reference(family, static, kind="median")

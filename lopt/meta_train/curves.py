@@ -1,0 +1,78 @@
+"""Validation curves of meta-training runs: score against CPU time, read from ``metrics.jsonl``.
+
+    python -m lopt.meta_train.curves runs/a runs/b --out docs/ablations   # table + figure
+
+For each run: the validation rows (step, CPU-hours, score, wins) and the best score reached within
+CPU budgets (the theta a run would have kept, `best.safetensors`, had it stopped there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def validation_rows(run: str | os.PathLike) -> list[dict]:
+    """The ``valid/*`` rows of a run's metrics.jsonl, in step order (a row cut by a kill is skipped)."""
+    rows = []
+    for line in Path(run, "metrics.jsonl").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "valid/score" in row:
+            rows.append(row)
+    return rows
+
+
+def best_within(rows: list[dict], cpu_hours: float, key: str = "valid/score") -> dict | None:
+    """The validation row with the lowest ``key`` among those at most ``cpu_hours`` into the run."""
+    inside = [r for r in rows if r["cpu_seconds"] <= cpu_hours * 3600 and r.get(key) is not None]
+    return min(inside, key=lambda r: r[key]) if inside else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run directories (name=DIR to label them)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="CPU-hours")
+    parser.add_argument("--out", default="", help="write curves.md, curves.json and validation.png here")
+    args = parser.parse_args(argv)
+    from lopt import figures
+
+    curves, lines = {}, []
+    head = "| run | " + " | ".join(f"best score within {b:g} CPU-h (step)" for b in args.budgets) + " | CPU-h run |"
+    lines += [head, "|---" * (len(args.budgets) + 2) + "|"]
+    for spec in args.runs:
+        name, _, path = spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
+        rows = validation_rows(path)
+        if not rows:
+            continue
+        curves[name] = {
+            "cpu_hours": [r["cpu_seconds"] / 3600 for r in rows],
+            "score": [r["valid/score"] for r in rows],
+            "step": [r["step"] for r in rows],
+            "wins_global": [r["valid/wins_global"] for r in rows],
+            "global_score": rows[0]["valid/global_score"],
+        }
+        cells = []
+        for b in args.budgets:
+            best = best_within(rows, b)
+            cells.append("-" if best is None or rows[-1]["cpu_seconds"] < b * 3600 * 0.98
+                         else f"{best['valid/score']:.4f} ({best['step']})")  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {rows[-1]['cpu_seconds'] / 3600:.2f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        Path(args.out, "curves.md").write_text(text + "\n")
+        Path(args.out, "curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+        figures.validation_figure(os.path.join(args.out, "validation.png"), curves)
+    return {"curves": curves, "table": text, "budgets": np.asarray(args.budgets).tolist()}
+
+
+if __name__ == "__main__":
+    main()
