@@ -6,8 +6,18 @@ seeds and over hyperparameter settings.
 
 `Curves.train_loss` has shape (..., seeds, steps); `Curves.eval` maps each evaluation split to a
 dict of metrics of shape (..., seeds, evaluations) taken at steps `Curves.eval_steps`
-(0, E, 2E, ..., N). The inner-valid loss is passed to the optimizer as ``valid_loss=`` each time it
-is measured and the training loss as ``loss=`` every step, so learned optimizers see both.
+(0, E, 2E, ..., N). The training loss is passed to the optimizer as ``loss=`` every step. The
+inner-valid loss reaches it as in meta-training (`lopt.unroll`): at every step t ≡ 0 (mod
+``valid_every``, default 10 = `MetaTrainConfig.valid_every`), t counted from the start of training,
+the loss of the params w_t on one ``inner_valid`` batch is measured before the update and passed as
+``valid_loss=`` to that step's update only; every other step gets NaN ("no new value"). This is
+meta-training's pattern for an episode that starts at a truncation boundary with a truncation
+length that is a multiple of ``valid_every`` (an unstaggered particle: measured at its restart and
+at truncation steps j ≡ 0 mod E, with the value of w_j fed to update j). The feed is independent of
+``eval_every`` and ``eval_splits`` (the recorded metrics, which never feed the optimizer) and draws
+its keys apart from the training and evaluation keys, so optimizers that ignore ``valid_loss``
+(the baselines) give the same curves whatever ``valid_every``; the measurement sits behind a
+`lax.cond` on the step counter, so it costs one batch loss every ``valid_every`` steps.
 
 A run that produces a NaN or infinite training loss is *diverged* at that step: it is recorded in
 `Curves.diverged_step` (``num_steps`` when it never diverged), the computation goes on without
@@ -30,6 +40,7 @@ import optax
 from lopt.tasks.base import Task
 
 EVAL_SPLITS = ("inner_valid", "outer_valid", "test")
+VALID_FEED_SALT = 0x7A11D  # fold_in salt of the inner-valid feed's keys (apart from every other key)
 
 
 class Curves(NamedTuple):
@@ -51,6 +62,10 @@ def eval_metrics(key: jax.Array, task: Task, params, split: str, num_batches: in
     return jax.tree.map(jnp.mean, jax.vmap(one)(jax.random.split(key, num_batches)))
 
 
+def _no_value(params, key) -> jax.Array:
+    return jnp.float32(jnp.nan)
+
+
 def train_one(
     key: jax.Array,
     task: Task,
@@ -59,13 +74,17 @@ def train_one(
     eval_every: int,
     eval_splits: tuple[str, ...] = EVAL_SPLITS,
     eval_batches: int = 4,
+    valid_every: int = 10,
 ):
     """One seed, pure and un-jitted: returns (final params, train losses (N,), evals, diverged step).
 
-    ``evals`` maps split -> metric -> (M,). ``num_steps`` must be a multiple of ``eval_every``.
+    ``evals`` maps split -> metric -> (M,). ``num_steps`` must be a multiple of ``eval_every``;
+    ``valid_every``: the cadence of the inner-valid loss fed to the optimizer (module docstring).
     """
     if eval_every < 1 or num_steps % eval_every:
         raise ValueError(f"num_steps={num_steps} must be a positive multiple of eval_every={eval_every}.")
+    if valid_every < 1:
+        raise ValueError(f"valid_every={valid_every} must be at least 1.")
     optimizer = optax.with_extra_args_support(optimizer)
     key_init, key_train, key_eval = jax.random.split(key, 3)
     params = task.init(key_init)
@@ -75,43 +94,48 @@ def train_one(
         keys = jax.random.split(k, len(eval_splits))
         return {s: eval_metrics(ks, task, params, s, eval_batches) for s, ks in zip(eval_splits, keys)}
 
-    def valid_loss_of(metrics):
-        return metrics["inner_valid"]["loss"] if "inner_valid" in metrics else jnp.float32(jnp.nan)
+    def inner_valid_loss(params, k):  # one batch, as `Unroller._loss_on(..., "inner_valid")`
+        k_batch, k_loss = jax.random.split(jax.random.fold_in(k, VALID_FEED_SALT))
+        return task.loss(params, k_loss, task.batch(k_batch, "inner_valid")).astype(jnp.float32)
 
     def step(carry, k):
-        params, opt_state, valid_loss, t, diverged = carry
+        params, opt_state, t, diverged = carry
         k_batch, k_loss = jax.random.split(k)
         batch = task.batch(k_batch, "train")
         loss, grads = jax.value_and_grad(task.loss)(params, k_loss, batch)
         diverged = jnp.where((diverged == num_steps) & ~jnp.isfinite(loss), t, diverged)
-        updates, opt_state = optimizer.update(grads, opt_state, params, loss=loss, valid_loss=valid_loss)
+        # w_t's inner-valid loss at t ≡ 0 (mod valid_every), fed to this step's update only
+        valid = jax.lax.cond(t % valid_every == 0, inner_valid_loss, _no_value, params, k)
+        updates, opt_state = optimizer.update(grads, opt_state, params, loss=loss, valid_loss=valid)
         params = optax.apply_updates(params, updates)
-        return (params, opt_state, valid_loss, t + 1, diverged), loss
+        return (params, opt_state, t + 1, diverged), loss
 
     def chunk(carry, k):
         k_steps, k_eval = jax.random.split(k)
         carry, losses = jax.lax.scan(step, carry, jax.random.split(k_steps, eval_every))
         metrics = evaluate_all(k_eval, carry[0])
-        return (carry[0], carry[1], valid_loss_of(metrics), carry[3], carry[4]), (losses, metrics)
+        return carry, (losses, metrics)
 
     metrics0 = evaluate_all(key_eval, params)
     never = jnp.int32(num_steps)
-    carry = (params, opt_state, valid_loss_of(metrics0), jnp.int32(0), never)
+    carry = (params, opt_state, jnp.int32(0), never)
     keys = jax.random.split(key_train, num_steps // eval_every)
-    (params, _, _, _, diverged), (losses, metrics) = jax.lax.scan(chunk, carry, keys)
+    (params, _, _, diverged), (losses, metrics) = jax.lax.scan(chunk, carry, keys)
     evals = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), metrics0, metrics)
     return params, losses.reshape(-1), evals, diverged
 
 
-def _seeds(key, task, optimizer, num_steps, num_seeds, eval_every, eval_splits, eval_batches):
+def _seeds(key, task, optimizer, num_steps, num_seeds, eval_every, eval_splits, eval_batches, valid_every):
     def one(k):
-        _, losses, evals, diverged = train_one(k, task, optimizer, num_steps, eval_every, eval_splits, eval_batches)
+        _, losses, evals, diverged = train_one(
+            k, task, optimizer, num_steps, eval_every, eval_splits, eval_batches, valid_every
+        )
         return losses, evals, diverged
 
     return jax.vmap(one)(jax.random.split(key, num_seeds))
 
 
-_STATIC = ("num_steps", "num_seeds", "eval_every", "eval_splits", "eval_batches")
+_STATIC = ("num_steps", "num_seeds", "eval_every", "eval_splits", "eval_batches", "valid_every")
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer", *_STATIC))
@@ -124,14 +148,18 @@ def evaluate(
     eval_every: int = 100,
     eval_splits: tuple[str, ...] = EVAL_SPLITS,
     eval_batches: int = 4,
+    valid_every: int = 10,
 ) -> Curves:
     """Train ``task`` with one ``optimizer`` from ``num_seeds`` seeds (vmapped) for ``num_steps``.
 
     ``optimizer`` is a static argument: build it once and reuse the same object to hit the
     compilation cache. To compare hyperparameter settings, use `evaluate_hparams`, which vmaps
-    over them in one compiled program.
+    over them in one compiled program. ``valid_every``: the inner-valid loss is fed to the
+    optimizer at steps 0, E, 2E, ... (see the module docstring); it changes no recorded metric.
     """
-    losses, evals, diverged = _seeds(key, task, optimizer, num_steps, num_seeds, eval_every, eval_splits, eval_batches)
+    losses, evals, diverged = _seeds(
+        key, task, optimizer, num_steps, num_seeds, eval_every, eval_splits, eval_batches, valid_every
+    )
     return Curves(losses, jnp.arange(0, num_steps + 1, eval_every), evals, diverged)
 
 
@@ -147,6 +175,7 @@ def evaluate_hparams(
     eval_every: int = 100,
     eval_splits: tuple[str, ...] = EVAL_SPLITS,
     eval_batches: int = 4,
+    valid_every: int = 10,
 ) -> Curves:
     """Like `evaluate`, for every setting in ``hparams`` (a pytree whose leaves share a leading
     axis of length C), building each optimizer with ``make(hparams_i)``; vmapped over settings.
@@ -156,7 +185,9 @@ def evaluate_hparams(
     """
 
     def one_setting(h):
-        return _seeds(key, task, make(h), num_steps, num_seeds, eval_every, eval_splits, eval_batches)
+        return _seeds(
+            key, task, make(h), num_steps, num_seeds, eval_every, eval_splits, eval_batches, valid_every
+        )
 
     losses, evals, diverged = jax.vmap(one_setting)(hparams)
     return Curves(losses, jnp.arange(0, num_steps + 1, eval_every), evals, diverged)

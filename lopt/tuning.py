@@ -60,7 +60,7 @@ from lopt.validate import ConfigError, check_choice, check_range, unknown_name
 
 CLIP = 2.0  # cap of the normalized loss; a failed (diverged) run counts as CLIP
 ADAM_LR_GRID = np.logspace(-5, 0, 15).astype(np.float32)  # AdamLR: 15 log-spaced rates in [1e-5, 1]
-CACHE_VERSION = 1  # bump when the meaning of cached numbers changes
+CACHE_VERSION = 2  # bump when the meaning of cached numbers changes (2: valid-loss feed as in meta-training)
 SELECTIONS = ("per_task", "global", "fixed")
 
 # TaskSet's Adam8p space (Metz et al. 2020, arXiv:2002.11887), log-uniform in each; the learning
