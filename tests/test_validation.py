@@ -212,3 +212,19 @@ def test_group_reference_is_tuned_adams_best_less_the_margin(monkeypatch, tmp_pa
     assert group_reference(family, static, kind="zero") == 0.0
     with pytest.raises(ConfigError, match="loss reference"):
         group_reference(family, static, kind="median")
+
+
+def test_export_run_copies_the_portable_part_only(tiny_suite, tmp_path):
+    from lopt.meta_train.export import export_run
+
+    cfg = _cfg(tmp_path, num_steps=8, validate_every=4)
+    meta_train(cfg, progress=False)
+    files = export_run(str(tmp_path / "run"), str(tmp_path / "exported"), every=3)
+    names = sorted(str(p.relative_to(tmp_path / "exported")) for p in files)
+    assert names == ["best.json", "best.safetensors", "config.json", "metrics.jsonl", "portable/ckpt_00000008.safetensors",
+                     "theta.safetensors"]  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "exported" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows if "meta_loss" in r} == {3, 6}
+    assert [r["step"] for r in rows if "valid/score" in r] == [0, 4, 8]
+    with pytest.raises(ConfigError, match="no portable checkpoint"):
+        export_run(str(tmp_path / "exported" / "nothing"), str(tmp_path / "x"))
