@@ -116,17 +116,22 @@ CASES = (
 )  # fmt: skip
 
 
-def make_trainer(case: Case) -> MetaTrainer:
+LEGACY_OBJECTIVE = {"objective": "relative", "step_weights": "uniform", "shaping": "none", "drop_diverged": False}
+
+
+def make_trainer(case: Case, legacy: bool = False) -> MetaTrainer:
     """PES, K = 50, horizons 100-1000, default outer AdamW and `lopt meta-train`'s default objective
-    (log, ramp weights, zscore shaping, dropped diverged pairs); L_ref = 0 (its value costs nothing)."""
+    (log, ramp weights, zscore shaping, dropped diverged pairs; ``legacy``: the former L/L0, uniform
+    weights, no shaping); L_ref = 0 (its value costs nothing)."""
     defaults = MetaTrainConfig()
-    objective = {"objective": defaults.objective, "step_weights": defaults.step_weights,
-                 "shaping": defaults.shaping, "drop_diverged": defaults.drop_diverged}  # fmt: skip
+    objective = dict(LEGACY_OBJECTIVE) if legacy else {
+        "objective": defaults.objective, "step_weights": defaults.step_weights,
+        "shaping": defaults.shaping, "drop_diverged": defaults.drop_diverged}  # fmt: skip
     if case.family != "isotropic":
         cfg = MetaTrainConfig(
             family=case.family, space=json.dumps(case.space), num_groups=case.num_groups,
             num_particles=case.num_particles, truncation_length=50, estimator="pes", horizon=(100, 1000),
-            loss_reference="zero", validate_every=0,
+            loss_reference="zero", validate_every=0, **objective,
         )  # fmt: skip
         return MetaTrainer.from_config(cfg)
     learned = get_learned("mlp")()
@@ -179,9 +184,9 @@ def inner_step_flops(trainer: MetaTrainer) -> float:
     return total / particles
 
 
-def measure(case: Case, rounds: int, steps: int) -> dict:
+def measure(case: Case, rounds: int, steps: int, legacy: bool = False) -> dict:
     t0 = time.perf_counter()
-    trainer = make_trainer(case)
+    trainer = make_trainer(case, legacy)
     t1 = time.perf_counter()
     state, compiled = trainer.compile(jax.random.key(0))  # init and the outer step, compiled side by side
     data = trainer.data()
@@ -224,6 +229,8 @@ def main() -> None:
     parser.add_argument(
         "--digits-mix", action="store_true", help="also run the reference's digits configuration"
     )
+    parser.add_argument("--compare-legacy", action="store_true",
+                        help="also time each configuration with the former objective (L/L0, uniform, no shaping)")  # fmt: skip
     args = parser.parse_args()
     names = args.only or [c.name for c in CASES if c.name != "digits-mix" or args.digits_mix]
     console = Console(width=200)
@@ -236,14 +243,19 @@ def main() -> None:
     for col in ("configuration", "inner/outer", "first step s", "init+compile s", "outer/s", "inner steps/s",
                 "reference", "x ref", "kFLOP/inner", "GFLOP/s", "of matmul"):  # fmt: skip
         table.add_column(col, justify="left" if col == "configuration" else "right")
-    for case in CASES:
+    rates = {}
+    for case, legacy in [(c, lg) for c in CASES for lg in ((False, True) if args.compare_legacy else (False,))]:
         if case.name not in names:
             continue
-        r = measure(case, args.rounds, args.steps)
+        r = measure(case, args.rounds, args.steps, legacy)
+        rates[case.name, legacy] = r["inner"]
         gflops = r["flops"] * r["inner"] / 1e9
         ref = case.reference
+        label = f"{case.name}: {case.description}" + (" [former objective]" if legacy else "")
+        if legacy:
+            label += f" (default objective: {rates[case.name, False] / r['inner']:.2f}x this)"
         table.add_row(
-            f"{case.name}: {case.description}",
+            label,
             f"{2 * 50 * case.num_particles * case.num_groups:,}",
             f"{r['first_step']:.1f}",
             f"{r['compile']:.1f}",

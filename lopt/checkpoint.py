@@ -74,6 +74,10 @@ class CheckpointMismatch(CheckpointError):
     """An intact checkpoint of something else: another config, or a state of another structure."""
 
 
+class TemplateMismatch(CheckpointMismatch):
+    """An intact checkpoint whose state has another structure (e.g. written by an older lopt)."""
+
+
 # ----------------------------------------------------------------------------------------- listing
 
 
@@ -397,7 +401,7 @@ def _check_leaves(path: Path, names: list[str], template_leaves: list, tensors: 
         if (found_shape, found_dtype) != (shape, dtype):
             problems.append(f"{name}: expected {dtype}{list(shape)}, found {found_dtype}{list(found_shape)}")
     if problems:
-        raise CheckpointMismatch(path, "does not match the template: " + "; ".join(problems))
+        raise TemplateMismatch(path, "does not match the template: " + "; ".join(problems))
 
 
 def _flat_config(config: Any, prefix: str = "") -> dict[str, str]:

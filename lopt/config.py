@@ -52,6 +52,7 @@ class MetaTrainConfig:
     truncation_length: int = 50  # K: inner steps per outer step and particle; 20-100
     horizon: tuple[int, int] = (200, 2000)  # inner training lengths, log-uniform; covers the evaluation T = 1000
     sigma: float = 0.01  # σ: std of the ES perturbations of theta; ~1% of theta's scale
+    sigma_scale: str = "global"  # global: σ for every coordinate; rms: σ x each theta leaf's RMS (floored at 0.01)
     valid_every: int = 10  # E: inner steps between inner-valid losses fed to the optimizer
     meta_split: str = "outer_valid"  # meta-loss split: outer_valid, or train (cheaper, rewards fitting)
     meta_clip: float = 3.0  # relative excess loss x clipped at c (log: log c); NaN/inf count as the clip
@@ -120,7 +121,7 @@ class MetaTrainConfig:
             from lopt.validation import get_validation_suite
 
             get_validation_suite(self.validation)  # an unknown name lists the valid ones
-        from lopt.estimators.base import SHAPINGS
+        from lopt.estimators.base import SHAPINGS, SIGMA_SCALES
         from lopt.objective import REFERENCES
         from lopt.unroll import OBJECTIVES, STEP_WEIGHTS
 
@@ -128,6 +129,7 @@ class MetaTrainConfig:
         check_choice("loss_reference", self.loss_reference, REFERENCES)
         check_choice("step_weights", self.step_weights, STEP_WEIGHTS)
         check_choice("shaping", self.shaping, SHAPINGS)
+        check_choice("sigma_scale", self.sigma_scale, SIGMA_SCALES)
         if self.objective == "log" and self.meta_clip <= 1.0:
             raise ConfigError(f"meta_clip={self.meta_clip}: with objective=log it must exceed 1 (the clip is log c).")
         check_range("log_every", self.log_every, 1, 1_000_000_000)

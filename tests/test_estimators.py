@@ -120,14 +120,16 @@ H, K, SIGMA, P, SEEDS = 20, 5, 0.05, 64, 16
 
 
 @functools.cache
-def episode_estimates(name: str, num_particles: int) -> np.ndarray:
+def episode_estimates(name: str, num_particles: int, sigma_scale: str = "global") -> np.ndarray:
     """(SEEDS, 2): per seed, the mean of the estimates over one episode of H steps from fresh
-    tasks (H / K truncations; one full unroll for ES), theta fixed."""
+    tasks (H / K truncations; one full unroll for ES), theta fixed. With ``sigma_scale="rms"`` the
+    relative σ is set so that the effective σ is SIGMA again (theta has one leaf)."""
     est = get_estimator(
         name, learned=OPT, family=FAMILY, static=STATIC, num_particles=num_particles,
-        truncation_length=K, horizon=(H, H), stagger=False,
+        truncation_length=K, horizon=(H, H), stagger=False, sigma_scale=sigma_scale,
     )  # fmt: skip
-    hparams = {"sigma": jnp.float32(SIGMA)}
+    rms = float(np.sqrt(np.mean(np.square(THETA["log_lr"])))) if sigma_scale == "rms" else 1.0
+    hparams = {"sigma": jnp.float32(SIGMA / rms)}
     num = 1 if name == "es" else H // K
 
     def one_seed(key):
@@ -142,14 +144,15 @@ def episode_estimates(name: str, num_particles: int) -> np.ndarray:
     return np.asarray(jit(jax.vmap(one_seed))(jax.random.split(jax.random.key(num_particles), SEEDS)))
 
 
+@pytest.mark.parametrize("sigma_scale", ["global", "rms"])
 @pytest.mark.parametrize("name", ["es", "pes", "nres"])
-def test_es_family_matches_the_exact_smoothed_gradient(name):
+def test_es_family_matches_the_exact_smoothed_gradient(name, sigma_scale):
     f = functools.partial(objective, family=FAMILY, opt=OPT, horizon=H)
     target = smoothed_grad(f, THETA["log_lr"], SIGMA)
     np.testing.assert_allclose(target, jax.grad(f)(THETA["log_lr"]), rtol=0.01)  # σ small: near ∇J
     errors = {}
     for n in (P, 4 * P):
-        g = episode_estimates(name, n)  # (SEEDS, 2)
+        g = episode_estimates(name, n, sigma_scale)  # (SEEDS, 2)
         # unbiased: the mean over seeds is within 4 standard errors of the exact gradient
         se = g.std(axis=0, ddof=1) / math.sqrt(SEEDS)
         assert np.all(np.abs(g.mean(axis=0) - target) < 4 * se + 1e-6), (n, g.mean(axis=0), target, se)

@@ -109,3 +109,13 @@ def test_weights_and_phases_do_not_depend_on_theta(kind, key):
             horizon = end - start + 1
             assert phase[end, p] == pytest.approx(1.0)
             assert w[start : end + 1, p].sum() == pytest.approx(horizon, rel=1e-5)
+
+
+def test_leaf_scales_closed_form():
+    from lopt.estimators.base import SIGMA_RMS_FLOOR, leaf_scales
+
+    theta = {"a": jnp.array([3.0, -4.0]), "b": jnp.zeros((3,)), "c": jnp.float32(0.5)}
+    s = np.asarray(leaf_scales(theta, "rms"))
+    rms_a = math.sqrt((9 + 16) / 2)
+    np.testing.assert_allclose(s, [rms_a, rms_a, SIGMA_RMS_FLOOR, SIGMA_RMS_FLOOR, SIGMA_RMS_FLOOR, 0.5], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(leaf_scales(theta)), np.ones(6))

@@ -39,6 +39,7 @@ from lopt.estimators.base import (
     antithetic_thetas,
     finite_mean_rows,
     flat_normal,
+    leaf_scales,
     shape_pairs,
     unroll_metrics,
 )
@@ -53,13 +54,15 @@ class OnlineESState(NamedTuple):
     noise: jax.Array  # (P, D) ε: the perturbation applied in the last truncation
     redraw: jax.Array  # (P,) bool: draw a new ε at the next truncation (NRES; PES always draws)
     diverged: jax.Array  # (P,) bool: the pair's current episode has had a non-finite loss
+    scale: jax.Array  # (D,) per-coordinate perturbation scale s (`leaf_scales` of the theta at init)
 
 
 def online_init(est: GradientEstimator, theta) -> OnlineESState:
     p = est.num_particles
     inner = est.unroller.init(theta, 2 * p)  # not started: each begins an episode at its first step
     zeros = jnp.zeros_like(flat_normal(jax.random.key(0), theta, p))
-    return OnlineESState(inner, zeros, zeros, jnp.ones((p,), bool), jnp.zeros((p,), bool))
+    scale = leaf_scales(theta, est.sigma_scale)
+    return OnlineESState(inner, zeros, zeros, jnp.ones((p,), bool), jnp.zeros((p,), bool), scale)
 
 
 def online_estimate(
@@ -69,7 +72,7 @@ def online_estimate(
     data = unroller.data() if data is None else data
     p, k, sigma = est.num_particles, est.truncation_length, hparams["sigma"]
     k_noise, k_unroll = jax.random.split(key)
-    draw = sigma * flat_normal(k_noise, theta, p)  # (P, D)
+    draw = sigma * state.scale[None] * flat_normal(k_noise, theta, p)  # (P, D): ε = σ s z
     redraw = (state.redraw if reuse_noise else jnp.ones((p,), bool))[:, None]  # (P, 1)
     noise = jnp.where(redraw, draw, state.noise)  # (P, D)
     accum = jnp.where(redraw, state.accum + draw, state.accum)  # ξ including ε
@@ -87,11 +90,11 @@ def online_estimate(
     b = jnp.sum(jnp.where(first, 0.0, diff), axis=0) * c  # (P,) weight of ε (episodes begun here)
     live = ~jnp.all(bad, axis=0) if est.drop_diverged else None
     a, b = shape_pairs(a, b, est.shaping, live)
-    grad, zeroed = finite_mean_rows(a[:, None] * accum + b[:, None] * noise, theta)
+    grad, zeroed = finite_mean_rows((a[:, None] * accum + b[:, None] * noise) / jnp.square(state.scale)[None], theta)
 
     ended, ended_last = jnp.any(done, axis=0), done[-1]  # (P,), (P,)
     new_accum = jnp.where(ended[:, None], jnp.where(ended_last[:, None], 0.0, noise), accum)
-    new_state = OnlineESState(inner, new_accum, noise, ended, diverged)
+    new_state = OnlineESState(inner, new_accum, noise, ended, diverged, state.scale)
     metrics = unroll_metrics(out, zeroed)
     metrics["num_dropped"] = jnp.sum(jnp.any(bad, axis=0), dtype=jnp.int32) if est.drop_diverged else jnp.int32(0)
     return grad, new_state, metrics

@@ -45,6 +45,8 @@ from lopt.validate import check_choice, check_range
 PyTree = Any
 
 SHAPINGS = ("none", "zscore")
+SIGMA_SCALES = ("global", "rms")
+SIGMA_RMS_FLOOR = 0.01  # sigma_scale="rms": a leaf whose RMS is below this is perturbed as if it were this
 ZSCORE_CLIP = 3.0  # zscore shaping: a pair's normalized difference is clipped to [-3, 3]
 PHASE_BINS = 4  # meta-loss metrics binned by episode phase s/H: (0, 1/4], ..., (3/4, 1]
 
@@ -74,10 +76,12 @@ class GradientEstimator(abc.ABC):
     step_weights: str = "uniform"  # weight of each step by its place in the episode: uniform, ramp, final
     shaping: str = "none"  # ES fitness shaping of the antithetic differences: none, or zscore (`shape_pairs`)
     drop_diverged: bool = False  # ES: a pair with a non-finite loss contributes nothing until its episode restarts
+    sigma_scale: str = "global"  # ES: σ the same for every coordinate, or rms: σ x each leaf's RMS (`leaf_scales`)
 
     def __post_init__(self):
         check_range(f"{self.name}.num_particles", self.num_particles, 1, 10_000_000)
         check_choice(f"{self.name}.shaping", self.shaping, SHAPINGS)
+        check_choice(f"{self.name}.sigma_scale", self.sigma_scale, SIGMA_SCALES)
         check_range(f"{self.name}.truncation_length", self.truncation_length, 1, 10_000_000)
         _ = self.unroller  # validates the unroll fields
 
@@ -140,6 +144,19 @@ def flat_normal(key: jax.Array, theta: PyTree, num: int) -> jax.Array:
     """
     flat, _ = ravel_pytree(theta)
     return jax.random.normal(key, (num * flat.size,), flat.dtype).reshape(num, flat.size)
+
+
+def leaf_scales(theta: PyTree, kind: str = "global") -> jax.Array:
+    """(D,) per-coordinate scale s of the perturbations ε = σ s z (`ravel_pytree` order): ones for
+    ``"global"``; for ``"rms"`` each leaf's root-mean-square, floored at `SIGMA_RMS_FLOOR`, so σ is a
+    fraction of every tensor's scale (a small output layer is not swamped, an LSTM not starved). The
+    estimators divide each coordinate's estimate by s², so it stays an unbiased estimate of the
+    gradient of the objective smoothed with those per-coordinate σ s."""
+    if kind == "global":
+        return jnp.ones_like(ravel_pytree(theta)[0])
+    rms = jax.tree.map(lambda x: jnp.full(jnp.shape(x), jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(x))), SIGMA_RMS_FLOOR),
+                                          jnp.result_type(x)), theta)  # fmt: skip
+    return ravel_pytree(rms)[0]
 
 
 def antithetic_thetas(theta: PyTree, noise: jax.Array) -> PyTree:

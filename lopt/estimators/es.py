@@ -33,6 +33,7 @@ from lopt.estimators.base import (
     antithetic_thetas,
     finite_mean_rows,
     flat_normal,
+    leaf_scales,
     shape_pairs,
     unroll_metrics,
 )
@@ -60,7 +61,8 @@ class ES(GradientEstimator):
         data = unroller.data() if data is None else data
         p, sigma = self.num_particles, hparams["sigma"]
         k_noise, k_unroll = jax.random.split(key)
-        noise = sigma * flat_normal(k_noise, theta, p)  # (P, D)
+        scale = leaf_scales(theta, self.sigma_scale)  # (D,) s: ε = σ s z
+        noise = sigma * scale[None] * flat_normal(k_noise, theta, p)  # (P, D)
         thetas = antithetic_thetas(theta, noise)  # (2P, ...)
         inner = unroller.init(thetas, 2 * p, theta_axis=0)  # every particle starts a fresh episode
         _, out = unroller.unroll(
@@ -75,7 +77,7 @@ class ES(GradientEstimator):
             live = jnp.all(jnp.where(mask[:, :p], out.finite[:, :p] & out.finite[:, p:], True), axis=0)
             weights = jnp.where(live, weights, 0.0)
         weights, _ = shape_pairs(weights, jnp.zeros_like(weights), self.shaping, live)
-        grad, zeroed = finite_mean_rows(weights[:, None] * noise, theta)
+        grad, zeroed = finite_mean_rows(weights[:, None] * noise / jnp.square(scale)[None], theta)
         metrics = unroll_metrics(out, zeroed, mask)
         metrics["num_dropped"] = jnp.int32(0) if live is None else jnp.sum(~live, dtype=jnp.int32)
         return grad, state, metrics

@@ -18,6 +18,7 @@ from lopt.checkpoint import (
     CheckpointError,
     CheckpointManager,
     CheckpointMismatch,
+    TemplateMismatch,
     checkpoint_path,
     latest,
     list_checkpoints,
@@ -179,6 +180,11 @@ def _resume(cfg: MetaTrainConfig, out: Path, manager: CheckpointManager, state: 
     skipped: list = []
     try:
         restored = manager.restore_latest(state, expect_config=expect, skipped=skipped)
+    except TemplateMismatch as err:  # same config, another state structure (an older lopt): portable
+        if latest(out / "portable") is None:
+            raise
+        console.print(f"[yellow]{err}: the full checkpoints hold another state structure; trying the portable one.[/]")
+        restored = None
     except CheckpointMismatch:
         raise
     except CheckpointError as err:  # every full checkpoint is corrupt: try the portable one

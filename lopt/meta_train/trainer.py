@@ -124,6 +124,7 @@ class MetaTrainer:
             "step_weights": cfg.step_weights,
             "shaping": cfg.shaping,
             "drop_diverged": cfg.drop_diverged,
+            "sigma_scale": cfg.sigma_scale,
         }
         references = [group_reference(f, s, kind=cfg.loss_reference, steps=cfg.horizon[1]) for f, s, _ in groups]
         estimators = tuple(
