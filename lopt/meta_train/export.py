@@ -1,7 +1,7 @@
 """Export the portable part of a meta-training run: what another machine needs to continue it.
 
-    python -m lopt.meta_train.export runs/meta docs/runs/meta     # then, elsewhere:
-    cp -r docs/runs/meta runs/meta && lopt meta-train --config runs/meta/config.json --out runs/meta --resume
+    python -m lopt.meta_train.export runs/meta docs/meta-runs/meta     # then, elsewhere:
+    cp -r docs/meta-runs/meta runs/meta && lopt meta-train --config runs/meta/config.json --out runs/meta --resume
 
 Copies ``config.json``, ``best.safetensors`` and ``best.json``, ``theta.safetensors``, the newest
 portable checkpoint (``portable/``: theta, outer-optimizer state, step, key) and ``metrics.jsonl``
