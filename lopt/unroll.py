@@ -154,9 +154,8 @@ def phase_bins(
     be compared at the same point of training."""
     idx = jnp.clip(jnp.ceil(phase * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1).ravel()
     w = jnp.ones(meta_loss.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    sums = jnp.zeros((num_bins,), jnp.float32).at[idx].add((w * meta_loss).ravel())
-    counts = jnp.zeros((num_bins,), jnp.float32).at[idx].add(w.ravel())
-    return sums, counts
+    onehot = (idx[:, None] == jnp.arange(num_bins)[None]).astype(jnp.float32) * w.ravel()[:, None]  # no scatter
+    return jnp.sum(onehot * meta_loss.ravel()[:, None], axis=0), jnp.sum(onehot, axis=0)
 
 
 def first_segment(done: jax.Array) -> jax.Array:

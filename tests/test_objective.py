@@ -119,3 +119,18 @@ def test_leaf_scales_closed_form():
     rms_a = math.sqrt((9 + 16) / 2)
     np.testing.assert_allclose(s, [rms_a, rms_a, SIGMA_RMS_FLOOR, SIGMA_RMS_FLOOR, SIGMA_RMS_FLOOR, 0.5], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(leaf_scales(theta)), np.ones(6))
+
+
+def test_episode_diverged_matches_a_loop_by_hand():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        k, p = rng.integers(1, 12), rng.integers(1, 5)
+        ok, done, start = rng.random((k, p)) > 0.2, rng.random((k, p)) < 0.3, rng.random(p) < 0.5
+        bad, carried = episode_diverged(jnp.asarray(ok), jnp.asarray(done), jnp.asarray(start))
+        expect, flag = np.zeros((k, p), bool), start.copy()
+        for t in range(k):
+            flag = flag | ~ok[t]
+            expect[t] = flag
+            flag = np.where(done[t], False, flag)
+        np.testing.assert_array_equal(np.asarray(bad), expect)
+        np.testing.assert_array_equal(np.asarray(carried), flag)

@@ -103,12 +103,14 @@ def online_estimate(
 def episode_diverged(ok: jax.Array, done: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(bad (K, P), carried (P,)): ``bad[t]`` -- the episode running at step t has had a step with
     ``ok`` False at or before t (``start``: it already had, for the episode running at the start);
-    an episode that ends with ``done[t]`` clears the flag for the next one."""
+    an episode that ends with ``done[t]`` clears the flag for the next one.
 
-    def body(flag, xs):
-        ok_t, done_t = xs
-        flag = flag | ~ok_t
-        return jnp.where(done_t, False, flag), flag
-
-    carried, bad = jax.lax.scan(body, start, (ok, done))
-    return bad, carried
+    Vectorized (no scan over K): the count of failures since the current episode began is the
+    running count minus its value at the episode's first step, found with a cumulative max."""
+    fails = jnp.cumsum((~ok).astype(jnp.int32), axis=0)  # (K, P) failures so far
+    before = fails - (~ok).astype(jnp.int32)  # exclusive: failures before step t
+    begins = jnp.concatenate([jnp.ones_like(done[:1]), done[:-1]], axis=0)  # step t starts an episode
+    base = jax.lax.cummax(jnp.where(begins, before, 0), axis=0)  # failures before the episode's start
+    first = jnp.cumsum(done.astype(jnp.int32), axis=0) - done.astype(jnp.int32) == 0  # the starting episode
+    bad = (fails - base > 0) | (first & start[None])
+    return bad, jnp.where(done[-1], False, bad[-1])
