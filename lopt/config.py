@@ -29,7 +29,8 @@ RETIRED = ("eval_every", "eval_suite", "eval_tasks", "eval_steps", "eval_seeds")
 # Fields added with a default that changes the trajectory, and the value an older run (whose
 # config lacks them) was trained with.
 LEGACY = {"objective": "relative", "loss_reference": "zero", "step_weights": "uniform", "shaping": "none",
-          "drop_diverged": False}  # fmt: skip
+          "drop_diverged": False, "group_sampling": "uniform"}  # fmt: skip
+GROUP_SAMPLINGS = ("stratified", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class MetaTrainConfig:
     family: str = ""  # meta-train on this one task family instead of the suite ("": the suite)
     space: str = ""  # JSON kwargs restricting --family's sampling space, e.g. '{"dims": [10]}'
     num_groups: int = 4  # G: static task groups sampled at the start; compile time grows with distinct ones
+    group_sampling: str = "stratified"  # the groups' families: stratified (each family G/F times, +-1) or uniform draws
     groups_per_step: int = 0  # S: groups estimated per outer step, drawn anew each step (0: all G)
     num_particles: int = 8  # P: tasks per group, vmapped (ES-type estimators run 2P unrolls); 8-32
     # --- estimator ------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ class MetaTrainConfig:
     # --- outer optimizer ------------------------------------------------------------------------
     outer_opt: str = OUTER_ADAMW  # adamw, or a learned optimizer name: theta is trained by that optimizer
     outer_theta: str = ""  # theta file (save_theta) of a learned --outer-opt ("": its untrained init)
-    outer_lr: float = 3e-3  # AdamW peak learning rate (adamw only); 1e-3-1e-2 for the mlp optimizer
+    outer_lr: float = 3e-4  # AdamW peak learning rate (adamw only); 3e-4 beat 2e-3 in docs/ablations.md
     weight_decay: float = 0.0  # AdamW decoupled weight decay of theta (adamw only)
     warmup: int = 50  # outer steps of linear learning-rate warmup before the cosine decay (adamw only)
     clip: float = 1.0  # clip the meta-gradient to this global norm before the outer optimizer (0: off)
@@ -99,6 +101,7 @@ class MetaTrainConfig:
             if self.space:
                 raise ConfigError("space is given without family: it restricts --family's sampling space.")
         check_range("num_groups", self.num_groups, 1, 1000)
+        check_choice("group_sampling", self.group_sampling, GROUP_SAMPLINGS)
         check_range("groups_per_step", self.groups_per_step, 0, self.num_groups)
         check_range("num_particles", self.num_particles, 1, 1_000_000)
         check_choice("estimator", self.estimator, ESTIMATORS)

@@ -37,7 +37,7 @@ def configs(pretrained: str, steps: int, out: str, seed: int = 0) -> dict[str, M
 
     base = MetaTrainConfig(
         family=FAMILY[0], space=FAMILY[1], num_groups=1, num_particles=8, truncation_length=50,
-        horizon=(100, 500), num_steps=steps, validate_every=0, objective="relative", loss_reference="zero",
+        horizon=(100, 500), outer_lr=3e-3, num_steps=steps, validate_every=0, objective="relative", loss_reference="zero",
         step_weights="uniform", shaping="none", drop_diverged=False, ckpt_every=0, ckpt_minutes=5, log_every=25, seed=seed,
     )  # fmt: skip
     outer_name = load_pretrained(pretrained)[0].name  # its architecture: mlp, hierarchical

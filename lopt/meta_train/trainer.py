@@ -33,14 +33,28 @@ from lopt.validate import ConfigError
 
 
 def sample_groups(key: jax.Array, cfg: MetaTrainConfig) -> list[tuple[TaskFamily, Any, int]]:
-    """G (family, static) groups sampled on the host, merged by structure: [(family, static, count)]."""
+    """G (family, static) groups sampled on the host, merged by structure: [(family, static, count)].
+
+    ``group_sampling="stratified"`` gives every family of the suite G // F or G // F + 1 groups (the
+    families of the remainder drawn without replacement), so no family is missing or crowds the
+    others out by chance; ``"uniform"`` draws each group's family independently (the former way).
+    """
     families = (
         [get_family(cfg.family, **cfg.family_space())] if cfg.family else get_suite(cfg.suite).families()
     )
+    if cfg.group_sampling == "stratified":
+        rng = host_rng(jax.random.fold_in(key, 1))
+        order = []
+        while len(order) < cfg.num_groups:  # whole rounds over the families, each round shuffled
+            order.extend(int(i) for i in rng.permutation(len(families)))
+        picks = order[: cfg.num_groups]
     draws = []
-    for k in jax.random.split(key, cfg.num_groups):  # a family uniformly, then its static structure
+    for i, k in enumerate(jax.random.split(key, cfg.num_groups)):
         k_family, k_static = jax.random.split(k)
-        family = families[int(host_rng(k_family).integers(len(families)))]
+        if cfg.group_sampling == "stratified":
+            family = families[picks[i]]
+        else:  # a family uniformly, then its static structure
+            family = families[int(host_rng(k_family).integers(len(families)))]
         draws.append((family, family.sample_static(k_static)))
     counts = collections.Counter(draws)  # insertion-ordered: the order of first appearance
     return [(family, static, n) for (family, static), n in counts.items()]
