@@ -13,6 +13,7 @@ from lopt.tasks.conv1d import Conv1D
 from lopt.tasks.flow import Flow
 from lopt.tasks.functions2d import Functions2D
 from lopt.tasks.mlp import MLP
+from lopt.tasks.nqm import NQM
 from lopt.tasks.quadratic import Quadratic
 from lopt.tasks.regression import LinearRegression, LogisticRegression
 from lopt.tasks.rnn_lm import RNNLM
@@ -22,6 +23,7 @@ from lopt.validate import unknown_name
 
 TASKS: dict[str, type[TaskFamily]] = {
     "quadratic": Quadratic,
+    "nqm": NQM,  # the noisy quadratic model, with closed-form SGD dynamics (lopt.tasks.nqm)
     "functions2d": Functions2D,
     "linear_regression": LinearRegression,
     "logistic_regression": LogisticRegression,
