@@ -1,0 +1,158 @@
+"""`hierarchical` in torch: Metz et al. 2020's per-tensor LSTM feeding the per-parameter MLP.
+
+The step of `lopt.optimizers.learned.hierarchical`, numbered as there: (1) dynamic gradient
+clipping against a running gradient RMS, (2) accumulators and features, (3) the per-tensor LSTM
+over the tensors' statistics, the loss features and the message, (4) the message for the next
+step, (5) the per-parameter MLP with the LSTM's output in its first bias, (6) the learned log step.
+Each param holds its own LSTM (h, c) rows; the group holds the message, the clip and loss statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lopt.optimizers.learned.hierarchical import (
+    CLIP_DECAY, CLIP_MULT, TRAIN_DECAY, VALID_DECAY, HierarchicalConfig, shape_features,
+)  # fmt: skip
+from lopt.torch import features as F
+from lopt.torch.mlp import tensor_update
+from lopt.torch.rule import Rule
+
+
+def lstm_cell(theta: dict, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+    """A standard LSTM cell over a batch of tensors: x (T, I), h and c (T, H)."""
+    gates = x @ theta["wx"] + h @ theta["wh"] + theta["b"][None, :]  # (T, 4H)
+    i, f, g, o = torch.chunk(gates, 4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def stat_triple(mean: torch.Tensor, mean_sq: torch.Tensor) -> list:
+    """Clipped log|mean|, sign(mean), clipped log var."""
+    var = torch.clamp(mean_sq - mean * mean, min=0.0)
+    return [F.clip_log_abs(mean), torch.sign(mean), F.clip_log_abs(var)]
+
+
+def loss_features(gs: dict, loss, valid_loss) -> None:
+    """Updates the group state's train_stats, valid_stats and loss_feats with this step's losses."""
+    device = gs["train_stats"].device
+    loss, has_loss = F.fresh(loss, device)
+    valid, has_valid = F.fresh(valid_loss, device)
+    t_mean, t_var, t_count = gs["train_stats"].unbind()
+    if has_loss:
+        t_mean, t_var = F.ema_update(t_mean, t_var, loss, TRAIN_DECAY)
+        t_count = t_count + 1.0
+    cor_mean, cor_var = F.debias(t_mean, TRAIN_DECAY, t_count), F.debias(t_var, TRAIN_DECAY, t_count)
+    v_mean, v_count = gs["valid_stats"].unbind()
+    if has_valid:
+        v_mean = VALID_DECAY * v_mean + (1.0 - VALID_DECAY) * valid
+        v_count = v_count + 1.0
+    train_feat, valid_feat = gs["loss_feats"].unbind()
+    if has_loss:
+        train_feat = F.zscore(loss, cor_mean, cor_var)
+    if has_valid and bool(t_count > 0):
+        valid_feat = F.zscore(F.debias(v_mean, VALID_DECAY, v_count), cor_mean, cor_var)
+    gs["train_stats"] = torch.stack([t_mean, t_var, t_count])
+    gs["valid_stats"] = torch.stack([v_mean, v_count])
+    gs["loss_feats"] = torch.stack([train_feat, valid_feat])
+
+
+class HierarchicalRule(Rule):
+    """The `hierarchical` architecture's step over one param group."""
+
+    config_class = HierarchicalConfig
+
+    def init_param(self, p: torch.Tensor, index: int) -> dict:
+        spec, n, hl = self.config.spec, p.numel(), self.config.lstm_hidden
+        state = {f"mom{i}": torch.zeros(n, dtype=torch.float32, device=p.device) for i in range(len(spec.mom_decays))}
+        state.update({f"rms{j}": torch.full((n,), F.EPS_V, dtype=torch.float32, device=p.device) for j in range(len(spec.rms_decays))})
+        state["lstm_h"] = torch.zeros(hl, dtype=torch.float32, device=p.device)
+        state["lstm_c"] = torch.zeros(hl, dtype=torch.float32, device=p.device)
+        return state
+
+    def init_group(self, device: torch.device) -> dict:
+        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float32, device=device)  # noqa: E731
+        return {
+            "count": torch.zeros((), dtype=torch.int64, device=device),
+            "message": self.theta_on(device)["message0"].clone(),
+            "clip_ema": torch.tensor(1.0 - CLIP_DECAY, dtype=torch.float32, device=device),
+            "train_stats": zeros(3),
+            "valid_stats": zeros(2),
+            "loss_feats": zeros(2),
+        }
+
+    def step(self, params, grads, states, group_state, loss=None, valid_loss=None, num_steps=None) -> None:
+        del num_steps  # not horizon-aware
+        cfg, spec = self.config, self.config.spec
+        device = params[0].device
+        theta = self.theta_on(device)
+        gs, k = group_state, len(cfg.mom_decays)
+        loss_features(gs, loss, valid_loss)
+        count = int(gs["count"])
+        # 1. dynamic gradient clipping against the running gradient RMS
+        t_clip = torch.tensor(float(count + 1), dtype=torch.float32, device=device)
+        clip = gs["clip_ema"] / (1.0 - torch.pow(torch.tensor(CLIP_DECAY, dtype=torch.float32, device=device), t_clip)) * CLIP_MULT
+        per_tensor, lstm_x, mean_sq = [], [], []
+        for p, g, st in zip(params, grads, states):
+            moms, rmss = self.accumulators(st)
+            n = max(p.numel(), 1)
+            g32 = torch.clamp(g.reshape(-1).float(), -clip, clip)
+            p32 = p.detach().reshape(-1).float()
+            F.update_accumulators(spec, g32, moms, rmss)
+            x = F.param_features(g32, p32, moms, rmss)  # (F, N)
+            second = F.second_moments(x)  # (F,): mean g², θ², m_i², 1/w_j, m_i²/w_j
+            mean_g2 = second[0]
+            mean_m = sum(m.sum() for m in moms) / (n * k)
+            mean_m2 = second[2 : 2 + k].sum() / k
+            mean_v = sum(w.sum() for w in rmss) / (n * len(rmss))
+            mean_v2 = sum(torch.dot(w, w) for w in rmss) / (n * len(rmss))
+            norm_p = F.clip_log_abs(torch.sqrt(second[1] * n))
+            z = [
+                *stat_triple(mean_m, mean_m2),
+                *stat_triple(mean_v, mean_v2),
+                *stat_triple(p32.sum() / n, second[1]),
+                F.clip_log_abs(torch.sqrt(mean_g2 * n)),
+                norm_p,
+            ]
+            shape = torch.from_numpy(shape_features(tuple(p.shape))).to(device)
+            lstm_x.append(torch.cat([torch.stack(z), shape]))
+            mean_sq.append(mean_g2)
+            per_tensor.append((x, F.scales(second), norm_p, math.log(n)))
+        num_tensors = len(per_tensor)
+        # 3. the per-tensor LSTM, batched over tensors
+        x_lstm = torch.cat(
+            [
+                torch.stack(lstm_x),  # (T, 16)
+                gs["loss_feats"][None, :].expand(num_tensors, 2),
+                gs["message"][None, :].expand(num_tensors, cfg.message_size),
+            ],
+            dim=1,
+        )  # (T, lstm_inputs)
+        h_prev = torch.stack([st["lstm_h"] for st in states])  # (T, Hl)
+        c_prev = torch.stack([st["lstm_c"] for st in states])
+        h, c = lstm_cell(theta["lstm"], x_lstm, h_prev, c_prev)
+        # 4. the message for the next step, and 5. the LSTM's per-tensor inputs to the MLP
+        gs["message"] = torch.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], dim=0)  # (M,)
+        to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
+        log_step = None
+        if cfg.log_step_mult > 0:  # 6. per tensor: c_lr·(λ + w·h_k + b)
+            log_step = cfg.log_step_mult * theta["log_step"] + cfg.log_step_mult * (
+                (h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0]
+            )
+        emb = F.step_embedding(count, device)
+        log_tensors = torch.full((1,), math.log(max(num_tensors, 1)), dtype=torch.float32, device=device)
+        for i, ((x, scale, norm_p, log_n), p, st) in enumerate(zip(per_tensor, params, states)):
+            tensor_inputs = torch.cat([emb, torch.stack([norm_p, torch.tensor(log_n, dtype=torch.float32, device=device)]), log_tensors])
+            u = tensor_update(
+                theta["mlp"], theta["skip"], x, scale, tensor_inputs, cfg.step_mult, cfg.exp_mult,
+                extra_bias=to_mlp[i], log_step=None if log_step is None else log_step[i],
+            )  # fmt: skip
+            self.apply(p, u)
+            st["lstm_h"].copy_(h[i])
+            st["lstm_c"].copy_(c[i])
+        avg_sq = sum(mean_sq) / max(num_tensors, 1)
+        gs["clip_ema"] = gs["clip_ema"] * CLIP_DECAY + torch.sqrt(1e-8 + avg_sq) * (1.0 - CLIP_DECAY)
+        gs["count"] += 1

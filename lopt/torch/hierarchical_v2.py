@@ -1,0 +1,170 @@
+r"""`hierarchical_v2` in torch: the horizon-aware hierarchical optimizer of
+`lopt.optimizers.learned.hierarchical_v2`, with a normalized, gradient-odd direction.
+
+Per step and tensor, as there (float32): clipping and accumulators (v from 0); odd features
+x = [g, m_i, m_i·rsqrt(v_j + ε_j)] with ε_j = 1e-12·mean(v_j) + 1e-30, normalized by their RMS;
+even features e_j = sqrt(v_j / mean v_j); the per-tensor LSTM with the fraction features
+[f, cos πf, s(f)], f = (t + 1)/T; the odd direction
+
+.. math::
+    d = \mathrm{MLP}(x, e, c_k) - \mathrm{MLP}(-x, e, c_k) + w_\text{skip}\cdot\hat x, \qquad
+    u_k = -\,\eta\, s(f)\, e^{\ln r \tanh(w\cdot h_k + b)}\; d / \mathrm{RMS}(d)
+
+with η = η₀ exp(c_lr λ). The odd part of the first layer is one matmul (with the skip as an
+extra column), the even part another; the two signs share both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lopt.optimizers.learned.hierarchical import CLIP_DECAY, CLIP_MULT, shape_features
+from lopt.optimizers.learned.hierarchical_v2 import EPS_ABS, EPS_DIR, EPS_REL, HierarchicalV2Config
+from lopt.torch import features as F
+from lopt.torch.hierarchical import loss_features, lstm_cell
+from lopt.torch.rule import Rule
+
+
+def fraction(count: int, num_steps: int, device) -> torch.Tensor:
+    """f = (t + 1)/T clipped to [0, 1]."""
+    t = torch.tensor(float(count) + 1.0, dtype=torch.float32, device=device)
+    return torch.clamp(t / max(float(num_steps), 1.0), 0.0, 1.0)
+
+
+def schedule_shape(f: torch.Tensor, warmup: float, final: float) -> torch.Tensor:
+    """s(f): linear warmup over ``warmup`` of training, cosine decay to ``final`` at f = 1."""
+    warm = torch.clamp(f / warmup, max=1.0) if warmup > 0 else torch.ones_like(f)
+    return warm * (final + (1.0 - final) * 0.5 * (1.0 + torch.cos(math.pi * f)))
+
+
+def direction(mlp: dict, skip, odd, scale, even, bias) -> torch.Tensor:
+    """(N,) d = f(x) − f(−x) + w_skip·x̂; ``odd`` (F_odd, N), ``even`` (F_even, N), ``bias`` (H0,)."""
+    n_odd, n_even = odd.shape[0], even.shape[0]
+    w0 = mlp["l0"]["w"]
+    h0 = w0.shape[1]
+    pre = (torch.cat([w0[:n_odd], skip[:, None]], dim=1) * scale[:, None]).T @ odd  # (H0 + 1, N)
+    a = pre[:h0]
+    c = torch.addmm(bias[:, None], w0[n_odd : n_odd + n_even].T, even)  # (H0, N)
+    sides = []
+    for side in (c + a, c - a):
+        h = torch.relu_(side)
+        i = 1
+        while f"l{i}" in mlp:
+            h = torch.relu_(torch.addmm(mlp[f"l{i}"]["b"][:, None], mlp[f"l{i}"]["w"].T, h))
+            i += 1
+        sides.append((mlp["out"]["w"].T @ h)[0])  # (N,), no output bias
+    return (sides[0] - sides[1]).add_(pre[h0])
+
+
+class HierarchicalV2Rule(Rule):
+    """The `hierarchical_v2` architecture's step over one param group (needs ``num_steps``)."""
+
+    config_class = HierarchicalV2Config
+
+    def init_param(self, p: torch.Tensor, index: int) -> dict:
+        cfg, n = self.config, p.numel()
+        zeros = lambda *s: torch.zeros(s, dtype=torch.float32, device=p.device)  # noqa: E731
+        state = {f"mom{i}": zeros(n) for i in range(len(cfg.mom_decays))}
+        state.update({f"rms{j}": zeros(n) for j in range(len(cfg.rms_decays))})
+        state["lstm_h"], state["lstm_c"] = zeros(cfg.lstm_hidden), zeros(cfg.lstm_hidden)
+        return state
+
+    def init_group(self, device: torch.device) -> dict:
+        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float32, device=device)  # noqa: E731
+        return {
+            "count": torch.zeros((), dtype=torch.int64, device=device),
+            "message": self.theta_on(device)["message0"].clone(),
+            "clip_ema": torch.tensor(1.0 - CLIP_DECAY, dtype=torch.float32, device=device),
+            "train_stats": zeros(3),
+            "valid_stats": zeros(2),
+            "loss_feats": zeros(2),
+        }
+
+    def accumulators(self, state: dict) -> tuple[list, list]:
+        cfg = self.config
+        return [state[f"mom{i}"] for i in range(len(cfg.mom_decays))], [state[f"rms{j}"] for j in range(len(cfg.rms_decays))]
+
+    def step(self, params, grads, states, group_state, loss=None, valid_loss=None, num_steps=None) -> None:
+        if num_steps is None:
+            raise ValueError("hierarchical_v2 needs the total number of training steps T: pass num_steps=T.")
+        cfg, gs, device = self.config, group_state, params[0].device
+        theta = self.theta_on(device)
+        k = len(cfg.mom_decays)
+        loss_features(gs, loss, valid_loss)
+        count = int(gs["count"])
+        f = fraction(count, num_steps, device)
+        s_f = schedule_shape(f, cfg.warmup, cfg.final)
+        frac = torch.stack([f, torch.cos(math.pi * f), s_f])  # (3,)
+        t_clip = torch.tensor(float(count + 1), dtype=torch.float32, device=device)
+        clip = gs["clip_ema"] / (1.0 - torch.pow(torch.tensor(CLIP_DECAY, dtype=torch.float32, device=device), t_clip)) * CLIP_MULT
+        per_tensor, lstm_x, mean_sq = [], [], []
+        for p, g, st in zip(params, grads, states):
+            moms, rmss = self.accumulators(st)
+            n = max(p.numel(), 1)
+            g32 = torch.clamp(g.reshape(-1).float(), -clip, clip)
+            p32 = p.detach().reshape(-1).float()
+            for b, m in zip(cfg.mom_decays, moms):
+                m.add_(g32 - m, alpha=1.0 - b)
+            for c, v in zip(cfg.rms_decays, rmss):
+                v.mul_(c).add_(((1.0 - c) * g32) * g32)
+            r = len(rmss)
+            odd = torch.empty((1 + k + k * r, n), dtype=torch.float32, device=device)  # (F_odd, N)
+            odd[0] = g32
+            for i, m in enumerate(moms):
+                odd[1 + i] = m
+            mean_v = [v.sum() / n for v in rmss]
+            rs = [torch.rsqrt(v + (EPS_REL * mv + EPS_ABS)) for v, mv in zip(rmss, mean_v)]
+            for i, m in enumerate(moms):
+                for j, rj in enumerate(rs):
+                    torch.mul(m, rj, out=odd[1 + k + i * r + j])
+            second = F.second_moments(odd)  # (F_odd,): mean g², m_i², m_i²/(v_j + ε_j)
+            even = torch.stack([torch.sqrt(v * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)])  # (R, N)
+            mean_g2 = second[0]
+            mean_m = sum(m.sum() for m in moms) / (n * k)
+            mean_m2 = second[1 : 1 + k].sum() / k
+            mv = sum(mean_v) / len(mean_v)
+            mean_v2 = sum(torch.dot(v, v) for v in rmss) / (n * r)
+            p2, mean_p = torch.dot(p32, p32) / n, p32.sum() / n
+            z = [
+                F.clip_log_abs(mean_m), F.clip_log_abs(torch.clamp(mean_m2 - mean_m * mean_m, min=0.0)),
+                F.clip_log_abs(mv), F.clip_log_abs(torch.clamp(mean_v2 - mv * mv, min=0.0)),
+                F.clip_log_abs(mean_p), torch.sign(mean_p), F.clip_log_abs(torch.clamp(p2 - mean_p * mean_p, min=0.0)),
+                F.clip_log_abs(torch.sqrt(mean_g2 * n)), F.clip_log_abs(torch.sqrt(p2 * n)),
+            ]  # fmt: skip
+            shape = torch.from_numpy(shape_features(tuple(p.shape))).to(device)
+            lstm_x.append(torch.cat([torch.stack(z), shape]))
+            mean_sq.append(mean_g2)
+            per_tensor.append((odd, F.scales(second), even, math.log(n)))
+        num_tensors = len(per_tensor)
+        x = torch.cat(
+            [
+                torch.stack(lstm_x),  # (T, 14)
+                frac[None, :].expand(num_tensors, 3),
+                gs["loss_feats"][None, :].expand(num_tensors, 2),
+                gs["message"][None, :].expand(num_tensors, cfg.message_size),
+            ],
+            dim=1,
+        )
+        h_prev = torch.stack([st["lstm_h"] for st in states])
+        c_prev = torch.stack([st["lstm_c"] for st in states])
+        h, c = lstm_cell(theta["lstm"], x, h_prev, c_prev)  # (T, Hl)
+        gs["message"] = torch.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], dim=0)
+        to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
+        factor = torch.exp(math.log(cfg.tensor_range) * torch.tanh((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0]))
+        eta = cfg.peak * torch.exp(cfg.log_step_mult * theta["log_step"]) * s_f
+        w0 = theta["mlp"]["l0"]["w"]
+        n_in = len(cfg.odd_names()) + len(cfg.even_names())  # rows after these: the per-tensor inputs
+        log_tensors = math.log(max(num_tensors, 1))
+        for i, ((odd, scale, even, log_n), p, st) in enumerate(zip(per_tensor, params, states)):
+            tensor_in = torch.cat([frac, torch.tensor([log_n, log_tensors], dtype=torch.float32, device=device)])
+            bias = theta["mlp"]["l0"]["b"] + tensor_in @ w0[n_in:] + to_mlp[i]
+            d = direction(theta["mlp"], theta["skip"], odd, scale, even, bias)
+            d = d * torch.rsqrt(torch.dot(d, d) / max(d.numel(), 1) + EPS_DIR)  # d / RMS(d)
+            self.apply(p, -(eta * factor[i]) * d)
+            st["lstm_h"].copy_(h[i])
+            st["lstm_c"].copy_(c[i])
+        avg_sq = sum(mean_sq) / max(num_tensors, 1)
+        gs["clip_ema"] = gs["clip_ema"] * CLIP_DECAY + torch.sqrt(1e-8 + avg_sq) * (1.0 - CLIP_DECAY)
+        gs["count"] += 1
