@@ -15,6 +15,7 @@ from rich.table import Table
 
 from lopt.config import MetaTrainConfig
 from lopt.demo import DemoConfig
+from lopt.hpo.tune import TuneConfig
 from lopt.report import EvalConfig
 
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -170,6 +171,21 @@ def validate(candidates: tuple[str, ...], /, validation: str = "valid", long: bo
     select([*candidates, "--validation", validation, "--out", out, *(["--long"] if long else [])])
 
 
+def tune(task: str, /, cfg: Annotated[TuneConfig, tyro.conf.arg(name="")] = TuneConfig()) -> None:
+    """Tune a baseline's hyperparameters on one task (PES, unrolled or implicit hypergradients, or
+    grid / random search), beside a grid and a random search of equal compute.
+
+    Outputs go to <out>/: results.json (config, hparam trajectory, final test loss, compute spent in
+    inner steps and seconds, the comparison searches) and tune.png. A diverging trial is recorded.
+
+    Args:
+        task: a task family (`lopt tasks list`); its task sampled from --task-seed is tuned.
+    """
+    from lopt.hpo.tune import run_tune
+
+    run_tune(task, cfg, console=console)
+
+
 COMMANDS: dict[str, dict[str, Callable]] = {
     "data": {"fetch": data_fetch, "list": data_list},
     "tasks": {"list": tasks_list},
@@ -179,6 +195,7 @@ COMMANDS: dict[str, dict[str, Callable]] = {
     "meta-train": {"": meta_train},
     "export-theta": {"": export_theta},
     "validate": {"": validate},
+    "tune": {"": tune},
 }
 
 

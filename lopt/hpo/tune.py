@@ -1,0 +1,519 @@
+r"""`lopt tune TASK`: tune a baseline's hyperparameters on one task, beside a grid and a random
+search of equal compute.
+
+    cfg = TuneConfig(optimizer="adam", hparams="learning_rate", method="pes")
+    results = run_tune("mlp", cfg)        # writes <out>/results.json and <out>/tune.png
+
+The pipeline, in order:
+
+1. the task: ``TASK``'s family with the static structure and dynamic values sampled from
+   ``task_seed`` (`lopt.hpo.es.FixedTask` pins them, so every method tunes this very task);
+2. the space (`HParamSpace`): the tuned hparams, their start values and ranges (log space where
+   the range is multiplicative), validated before anything runs;
+3. the method (`TUNERS`), spending at most ``budget`` inner steps (default: a third of a
+   ``grid_size``-point grid with ``num_seeds`` seeds of ``num_steps`` steps each):
+
+   - ``pes`` / ``es`` / ``nres``: the meta-training estimators on theta = log-hparams
+     (`lopt.hpo.es`), Adam on theta, episodes of ``num_steps`` cut into ``truncation``-step pieces;
+   - ``unrolled``: Adam on the hypergradient through whole runs (`lopt.hpo.unrolled`);
+   - ``truncated``: online tuning during training runs, an update every ``truncation`` steps
+     (`lopt.hpo.truncated`);
+   - ``ift``: implicit differentiation at the end of (warm-started) training runs
+     (`lopt.hpo.implicit`), for regularization hparams only (l2 of adam8p);
+   - ``grid`` / ``random``: the budget spent on full runs (``num_seeds`` seeds each) of points of a
+     log-spaced grid / log-uniform draws, the best final outer-valid loss chosen;
+
+4. the final hparams evaluated by ``num_seeds`` full runs (the grid's seeds: common random
+   numbers), scored like `lopt.tuning` (final loss, median over seeds; a diverged run fails);
+5. with ``compare``, a grid and a random search given the same total inner steps as the method
+   (its tuning plus its final evaluation), so the comparison is at equal compute.
+
+Every trial that diverges is recorded (``diverged: true``, NaN losses), never fatal. Compute is
+counted in inner steps (one optimizer step of one training run; a step of a backward pass through
+the unroll is not counted separately, its seconds are) and in wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.hpo.es import ES_METHODS, FixedTask, hparam_estimator
+from lopt.hpo.implicit import check_ift_hparams, ift_hypergrad_task
+from lopt.hpo.space import HParamSpace, kind
+from lopt.hpo.truncated import online_tune
+from lopt.hpo.unrolled import inner_init, inner_steps, unrolled_hypergrad
+from lopt.tasks.base import Task, TaskConfig
+from lopt.tasks.registry import get_family
+from lopt.tuning import Search, failed, run_search, score
+from lopt.validate import ConfigError, check_choice, check_range
+
+# Search ranges used when --ranges gives none: narrower than the valid ranges where those are
+# absurdly wide for a search (lopt.tuning's Adam grid spans the same [1e-5, 1]).
+DEFAULT_RANGES = {"learning_rate": (1e-5, 1.0)}
+METHODS = ("pes", "es", "nres", "unrolled", "truncated", "ift", "grid", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """Configuration of `lopt tune` (every field a flag: ``--num-steps 500``)."""
+
+    optimizer: str = "adam"  # a baseline (lopt.optimizers.BASELINES) whose hparams are tuned
+    hparams: str = "learning_rate"  # comma-separated hparams to tune, e.g. learning_rate,weight_decay
+    method: str = "pes"  # pes | es | nres | unrolled | truncated | ift | grid | random
+    start: str = ""  # start values, e.g. "learning_rate=1e-3" (default: the baseline's defaults)
+    ranges: str = ""  # search ranges, e.g. "learning_rate=1e-6:0.1" (default: DEFAULT_RANGES, else valid ranges)
+    num_steps: int = 1000  # T: inner steps of one training run (what the tuned hparams are for)
+    num_seeds: int = 3  # seeds of every full run (grid points, random draws, final evaluation)
+    grid_size: int = 15  # G: the reference grid's points; the default budget is G * seeds * T / 3
+    budget: int = 0  # inner steps the method may spend (tuning + final evaluation); 0: the default
+    task_seed: int = 0  # the task: TASK's family sampled from this seed (static and dynamic values)
+    seed: int = 0  # randomness of the method (batches, perturbations, draws)
+    outer_lr: float = 0.1  # Adam's step on theta (log-hparams) per hypergradient; 0.1 ≈ x1.1 per step
+    num_particles: int = 8  # es/pes/nres: P antithetic pairs per estimate
+    truncation: int = 100  # pes/nres/truncated: K inner steps per estimate / online update
+    sigma: float = 0.2  # es/pes/nres: σ of the perturbations of log-hparams (0.2: ±20%)
+    step_weights: str = "final"  # es/pes/nres: which steps' losses count (lopt.unroll): final quarter
+    ift_iters: int = 50  # ift: CG iterations of the inverse-Hessian-vector product
+    ift_damping: float = 1e-3  # ift: δ added to the Hessian (a non-convex task's is not PD)
+    eval_batches: int = 4  # batches per evaluation of a loss
+    compare: bool = True  # also run a grid and a random search of equal compute
+    out: str = "runs/tune"  # run folder: results.json, tune.png
+
+    def __post_init__(self):
+        check_choice("method", self.method, METHODS)
+        check_range("num_steps", self.num_steps, 1, 10_000_000)
+        check_range("num_seeds", self.num_seeds, 1, 1000)
+        check_range("grid_size", self.grid_size, 1, 10_000)
+        check_range("budget", self.budget, 0, 10**13)
+        check_range("outer_lr", self.outer_lr, 0.0, 100.0)
+        check_range("num_particles", self.num_particles, 1, 100_000)
+        check_range("truncation", self.truncation, 1, self.num_steps if self.method in ("pes", "nres", "truncated") else 10**9)
+        check_range("sigma", self.sigma, 1e-6, 10.0)
+
+    def default_budget(self) -> int:
+        return self.budget or self.grid_size * self.num_seeds * self.num_steps // 3
+
+
+def _pairs(text: str, field: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if "=" not in item:
+            raise ConfigError(f"--{field} entry {item!r} must be NAME=VALUE, e.g. learning_rate=1e-3.")
+        name, value = item.split("=", 1)
+        out[name.strip()] = value.strip()
+    return out
+
+
+def parse_space(cfg: TuneConfig) -> HParamSpace:
+    """The `HParamSpace` of the config's --optimizer / --hparams / --start / --ranges."""
+    names = tuple(filter(None, (s.strip() for s in cfg.hparams.split(","))))
+    try:
+        start = {k: float(v) for k, v in _pairs(cfg.start, "start").items()}
+        ranges = {}
+        for k, v in _pairs(cfg.ranges, "ranges").items():
+            lo, hi = v.split(":")
+            ranges[k] = (float(lo), float(hi))
+    except ValueError as e:
+        raise ConfigError(f"--start/--ranges: {e} (write learning_rate=1e-3 and learning_rate=1e-5:1).") from None
+    for name in names:
+        if name in DEFAULT_RANGES and name not in ranges:
+            ranges[name] = DEFAULT_RANGES[name]
+    space = HParamSpace.build(cfg.optimizer, names, start=start, ranges=ranges)
+    if cfg.method == "ift":
+        check_ift_hparams(space)
+    return space
+
+
+# --- the setting ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every method sees: the task (as a one-task family and as a `Task`) and the space."""
+
+    family: FixedTask
+    static: Any
+    task: Task  # the same task, built from the unwrapped family (its name is the family's)
+    space: HParamSpace
+    cfg: TuneConfig
+
+    @classmethod
+    def build(cls, task_name: str, cfg: TuneConfig) -> "Setup":
+        space = parse_space(cfg)  # bad input fails before any data is loaded
+        family = get_family(task_name)
+        static = family.sample_static(jax.random.split(jax.random.key(cfg.task_seed))[0])
+        fixed = FixedTask(family, cfg.task_seed)
+        task = family.task(TaskConfig(static, fixed.sample_dynamic(None, static)))
+        return cls(fixed, static, task, space, cfg)
+
+
+@dataclasses.dataclass
+class MethodResult:
+    """A method's output: its final theta, its trajectory and the inner steps it spent tuning."""
+
+    theta: dict
+    trajectory: list[dict]  # one row per update / trial: inner_steps, hparams, meta_loss, ...
+    inner_steps: int
+
+
+def _row(setup: Setup, theta, inner_steps: int, **extra) -> dict:
+    row = {"inner_steps": int(inner_steps), "hparams": setup.space.describe(theta)}
+    row.update({k: (float(v) if np.isfinite(v) else None) for k, v in extra.items()})
+    return row
+
+
+def _clean(grad):
+    return jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grad)
+
+
+# --- the methods ----------------------------------------------------------------------------------
+
+
+def _es_method(setup: Setup, budget: int, progress: Callable[[int], None]) -> MethodResult:
+    cfg, space = setup.cfg, setup.space
+    est = hparam_estimator(
+        cfg.method, space, setup.family, setup.static,
+        num_particles=cfg.num_particles, truncation_length=cfg.truncation,
+        horizon=(cfg.num_steps, cfg.num_steps), step_weights=cfg.step_weights,
+    )  # fmt: skip
+    per = est.inner_steps_per_estimate()
+    steps = max(1, budget // per)
+    outer = optax.adam(cfg.outer_lr)
+    hp = {"sigma": jnp.float32(cfg.sigma)}
+    data = est.unroller.data()
+
+    @jax.jit
+    def update(key, theta, outer_state, est_state, data):
+        grad, est_state, metrics = est.estimate(key, theta, est_state, hp, data=data)
+        updates, outer_state = outer.update(_clean(grad), outer_state, theta)
+        return space.project(optax.apply_updates(theta, updates)), outer_state, est_state, metrics["meta_loss"]
+
+    k_init, k_run = jax.random.split(jax.random.key(cfg.seed))
+    theta = space.init()
+    outer_state, est_state = outer.init(theta), est.init(k_init, theta, hp)
+    rows = [_row(setup, theta, 0)]
+    for i, k in enumerate(jax.random.split(k_run, steps)):
+        theta, outer_state, est_state, meta = update(k, theta, outer_state, est_state, data)
+        rows.append(_row(setup, theta, (i + 1) * per, meta_loss=float(meta)))
+        progress(per)
+    return MethodResult(theta, rows, steps * per)
+
+
+def _unrolled_method(setup: Setup, budget: int, progress) -> MethodResult:
+    cfg, space, task = setup.cfg, setup.space, setup.task
+    steps = max(1, budget // cfg.num_steps)
+    outer = optax.adam(cfg.outer_lr)
+
+    @jax.jit
+    def update(key, task, theta, outer_state):
+        loss, grad = unrolled_hypergrad(key, task, space, theta, cfg.num_steps, "outer_valid", cfg.eval_batches)
+        updates, outer_state = outer.update(_clean(grad), outer_state, theta)
+        return space.project(optax.apply_updates(theta, updates)), outer_state, loss
+
+    theta = space.init()
+    outer_state = outer.init(theta)
+    rows = [_row(setup, theta, 0)]
+    for i, k in enumerate(jax.random.split(jax.random.key(cfg.seed), steps)):
+        theta, outer_state, loss = update(k, task, theta, outer_state)
+        rows.append(_row(setup, theta, (i + 1) * cfg.num_steps, meta_loss=float(loss)))
+        progress(cfg.num_steps)
+    return MethodResult(theta, rows, steps * cfg.num_steps)
+
+
+def _truncated_method(setup: Setup, budget: int, progress) -> MethodResult:
+    cfg, space, task = setup.cfg, setup.space, setup.task
+    k = cfg.truncation
+    run_steps = cfg.num_steps // k * k
+    runs = max(1, budget // run_steps)
+    fn = jax.jit(lambda key, task, theta: online_tune(key, task, space, theta, num_steps=run_steps,
+                                                      truncation=k, outer_lr=cfg.outer_lr,
+                                                      num_batches=cfg.eval_batches))  # fmt: skip
+    theta = space.init()
+    rows = [_row(setup, theta, 0)]
+    windows = run_steps // k
+    for r, key in enumerate(jax.random.split(jax.random.key(cfg.seed), runs)):  # each run continues theta
+        trace = fn(key, task, theta)
+        after = jax.tree.map(lambda a, b: jnp.concatenate([a[1:], b[None]]), trace.theta, trace.final_theta)
+        for j in range(windows):  # theta after window j's update
+            th = jax.tree.map(lambda x: x[j], after)
+            rows.append(_row(setup, th, r * run_steps + (j + 1) * k, meta_loss=float(trace.meta_loss[j])))
+        theta = trace.final_theta
+        progress(run_steps)
+    return MethodResult(theta, rows, runs * run_steps)
+
+
+def _ift_method(setup: Setup, budget: int, progress) -> MethodResult:
+    cfg, space, task = setup.cfg, setup.space, setup.task
+    warm = max(1, cfg.num_steps // 4)  # after the first run, each update re-converges from the last w
+    updates_left = max(1, (budget - cfg.num_steps) // warm + 1)
+    outer = optax.adam(cfg.outer_lr)
+
+    train = jax.jit(lambda key, task, theta, state, n: inner_steps(key, task, space, theta, state, n)[0],
+                    static_argnums=(4,))  # fmt: skip
+
+    @jax.jit
+    def update(key, task, theta, outer_state, params):
+        loss, grad = ift_hypergrad_task(key, task, space, theta, params, num_batches=cfg.eval_batches,
+                                        num_iters=cfg.ift_iters, damping=cfg.ift_damping)  # fmt: skip
+        upd, outer_state = outer.update(_clean(grad), outer_state, theta)
+        return space.project(optax.apply_updates(theta, upd)), outer_state, loss
+
+    k_init, k_run = jax.random.split(jax.random.key(cfg.seed))
+    theta = space.init()
+    outer_state, state = outer.init(theta), inner_init(k_init, task, space, theta)
+    rows, spent = [_row(setup, theta, 0)], 0
+    for i, key in enumerate(jax.random.split(k_run, updates_left)):
+        k_train, k_grad = jax.random.split(key)
+        n = cfg.num_steps if i == 0 else warm
+        state = train(k_train, task, theta, state, n)
+        theta, outer_state, loss = update(k_grad, task, theta, outer_state, state.params)
+        spent += n
+        rows.append(_row(setup, theta, spent, meta_loss=float(loss)))
+        progress(n)
+    return MethodResult(theta, rows, spent)
+
+
+def search_points(space: HParamSpace, num: int, kind_: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """``num`` points of the space: a product grid, log-spaced (in u) with ⌊num^(1/d)⌋ values per
+    hparam (``"grid"``; d = 1: ``num`` values), or log-uniform draws (``"random"``)."""
+    bounds = space.bounds()
+    if kind_ == "grid":
+        per = max(1, int(math.floor(num ** (1.0 / len(space.names)) + 1e-9)))
+        axes = [np.linspace(*bounds[n], per) for n in space.names]
+        mesh = np.meshgrid(*axes, indexing="ij")
+        us = {n: m.ravel() for n, m in zip(space.names, mesh)}
+    else:
+        rng = np.random.default_rng(seed)
+        us = {n: rng.uniform(*bounds[n], num) for n in space.names}
+    values = space.values({n: jnp.asarray(u, jnp.float32) for n, u in us.items()})
+    return {n: np.asarray(v, np.float32) for n, v in values.items()}
+
+
+def run_trials(setup: Setup, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Full runs of every point (``num_seeds`` seeds, `lopt.tuning.run_search`: one compiled program):
+    (outer-valid score (C,), test score (C,), failed (C,), seconds)."""
+    cfg = setup.cfg
+    num = len(next(iter(values.values())))
+    trials = {**{k: np.full(num, v, np.float32) for k, v in setup.space.fixed}, **values}
+    search = Search(f"{cfg.optimizer}/tune", _Make(cfg.optimizer), trials)
+    t0 = time.perf_counter()
+    res = run_search(setup.task, search, num_steps=cfg.num_steps, num_seeds=cfg.num_seeds,
+                     eval_every=cfg.num_steps, eval_batches=cfg.eval_batches, seed=cfg.seed)  # fmt: skip
+    return score(res, "outer_valid"), score(res, "test"), failed(res), time.perf_counter() - t0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Make:
+    """``make(hparams)`` of a baseline, hashable by name (shares compiled programs across calls)."""
+
+    optimizer: str
+
+    def __call__(self, hparams):
+        from lopt.optimizers.baselines import get_baseline
+
+        return get_baseline(self.optimizer).make(hparams)
+
+
+def _search_method(setup: Setup, budget: int, progress) -> MethodResult:
+    """grid / random: the budget in full runs, the best final outer-valid loss wins."""
+    cfg = setup.cfg
+    num = max(1, budget // (cfg.num_steps * cfg.num_seeds))
+    values = search_points(setup.space, num, cfg.method, cfg.seed)
+    num = len(next(iter(values.values())))
+    valid, test, bad, _ = run_trials(setup, values)
+    rows = []
+    for i in range(num):
+        th = {n: values[n][i] for n in setup.space.names}
+        rows.append({"inner_steps": (i + 1) * cfg.num_steps * cfg.num_seeds,
+                     "hparams": {n: float(v) for n, v in th.items()},
+                     "outer_valid": None if bad[i] else float(valid[i]),
+                     "test": None if bad[i] else float(test[i]), "diverged": bool(bad[i])})  # fmt: skip
+    progress(num * cfg.num_steps * cfg.num_seeds)
+    best = _best(valid, bad)
+    theta = {n: jnp.float32(_to_u(n, values[n][best])) for n in setup.space.names}
+    return MethodResult(theta, rows, num * cfg.num_steps * cfg.num_seeds)
+
+
+def _to_u(name: str, value: float) -> float:
+    return math.log(1.0 - value) if kind(name) == "decay" else math.log(value)
+
+
+def _scores(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(outer-valid scores, failed) of trial rows (a failed trial's score is NaN)."""
+    valid = np.asarray([np.nan if r["outer_valid"] is None else r["outer_valid"] for r in rows])
+    return valid, np.asarray([r["diverged"] for r in rows])
+
+
+def _best(valid: np.ndarray, bad: np.ndarray) -> int:
+    """The trial with the lowest outer-valid score among those that did not fail (trial 0 if all did)."""
+    masked = np.where(bad | ~np.isfinite(valid), np.inf, valid)
+    return int(np.argmin(masked))
+
+
+TUNERS: dict[str, Callable[[Setup, int, Callable[[int], None]], MethodResult]] = {
+    "pes": _es_method,  # Persistent ES on truncations of full-length runs (unbiased)
+    "es": _es_method,  # antithetic ES on whole runs
+    "nres": _es_method,  # noise-reuse ES on truncations
+    "unrolled": _unrolled_method,  # backprop through whole runs
+    "truncated": _truncated_method,  # online: backprop through each window of K steps (short-horizon biased)
+    "ift": _ift_method,  # implicit function theorem at the end of (warm-started) runs
+    "grid": _search_method,  # log-spaced grid of full runs
+    "random": _search_method,  # log-uniform random draws of full runs
+}
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _final(setup: Setup, theta) -> dict:
+    values = {n: np.asarray([v], np.float32) for n, v in setup.space.describe(theta).items()}
+    valid, test, bad, secs = run_trials(setup, values)
+    return {"hparams": setup.space.describe(theta), "outer_valid": None if bad[0] else float(valid[0]),
+            "test": None if bad[0] else float(test[0]), "diverged": bool(bad[0]), "seconds": secs}  # fmt: skip
+
+
+def _search_summary(setup: Setup, method: str, steps: int) -> dict:
+    """A grid or random search given ``steps`` inner steps, with its best trial."""
+    cfg = setup.cfg
+    num = max(1, steps // (cfg.num_steps * cfg.num_seeds))
+    values = search_points(setup.space, num, method, cfg.seed + 1)
+    valid, test, bad, secs = run_trials(setup, values)
+    best = _best(valid, bad)
+    n = len(valid)
+    return {
+        "num_trials": n,
+        "inner_steps": n * cfg.num_steps * cfg.num_seeds,
+        "seconds": secs,
+        "trials": [{"hparams": {k: float(values[k][i]) for k in values}, "outer_valid": None if bad[i] else float(valid[i]),
+                    "test": None if bad[i] else float(test[i]), "diverged": bool(bad[i])} for i in range(n)],  # fmt: skip
+        "best": {"hparams": {k: float(values[k][best]) for k in values},
+                 "outer_valid": None if bad[best] else float(valid[best]),
+                 "test": None if bad[best] else float(test[best])},  # fmt: skip
+    }
+
+
+def run_tune(task_name: str, cfg: TuneConfig, console=None) -> dict:
+    """The whole command: tune, evaluate, compare; writes ``<out>/results.json`` and ``tune.png``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console()
+    setup = Setup.build(task_name, cfg)
+    budget = cfg.default_budget()
+    eval_steps = cfg.num_steps * cfg.num_seeds
+    tune_budget = budget if cfg.method in ("grid", "random") else max(1, budget - eval_steps)
+    console.print(f"[bold]lopt tune[/] {setup.task.name}: {cfg.method} on {cfg.optimizer} "
+                  f"{', '.join(setup.space.names)}; budget {budget:,} inner steps")  # fmt: skip
+    console.print(dataclasses.asdict(cfg))
+    t0 = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:  # fmt: skip
+        job = bar.add_task(f"{cfg.method} (inner steps)", total=tune_budget)
+        result = TUNERS[cfg.method](setup, tune_budget, lambda n: bar.advance(job, n))
+    tune_seconds = time.perf_counter() - t0
+    if cfg.method in ("grid", "random"):  # the search's own runs score its best trial: no extra run
+        best = result.trajectory[_best(*_scores(result.trajectory))]
+        final = {"hparams": best["hparams"], "outer_valid": best["outer_valid"], "test": best["test"],
+                 "diverged": best["diverged"], "seconds": 0.0}  # fmt: skip
+        total = result.inner_steps
+    else:
+        final = _final(setup, result.theta)
+        total = result.inner_steps + eval_steps
+    out = {
+        "command": f"lopt tune {task_name}",
+        "task": setup.task.name,
+        "config": dataclasses.asdict(cfg),
+        "space": {n: {"start": s, "range": list(r)} for n, s, r in zip(setup.space.names, setup.space.start, setup.space.ranges)},
+        "method": cfg.method,
+        "trajectory": result.trajectory,
+        "final": final,
+        "compute": {"budget": budget, "tuning_inner_steps": result.inner_steps,
+                    "eval_inner_steps": 0 if cfg.method in ("grid", "random") else eval_steps,
+                    "total_inner_steps": total, "tuning_seconds": tune_seconds,
+                    "eval_seconds": final["seconds"]},  # fmt: skip
+    }
+    if cfg.compare:
+        for other in ("grid", "random"):
+            if other != cfg.method:
+                out[other] = _search_summary(setup, other, total)
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(os.path.join(cfg.out, "results.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    tune_figure(os.path.join(cfg.out, "tune.png"), out)
+    _print_summary(console, out)
+    return out
+
+
+def _fmt(x) -> str:
+    return "diverged" if x is None else f"{x:.5g}"
+
+
+def _print_summary(console, out: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{out['task']}: final losses (median of {out['config']['num_seeds']} seeds)")
+    for col in ("method", "hparams", "outer_valid", "test", "inner steps"):
+        table.add_column(col)
+    f = out["final"]
+    hp = ", ".join(f"{k}={v:.3g}" for k, v in f["hparams"].items())
+    table.add_row(out["method"], hp, _fmt(f["outer_valid"]), _fmt(f["test"]), f"{out['compute']['total_inner_steps']:,}")
+    for other in ("grid", "random"):
+        if other in out:
+            b = out[other]["best"]
+            hp = ", ".join(f"{k}={v:.3g}" for k, v in b["hparams"].items())
+            table.add_row(f"{other} ({out[other]['num_trials']} trials)", hp, _fmt(b["outer_valid"]), _fmt(b["test"]),
+                          f"{out[other]['inner_steps']:,}")  # fmt: skip
+    console.print(table)
+    console.print(f"results: {out['config']['out']}/results.json, figure: {out['config']['out']}/tune.png")
+
+
+def tune_figure(path: str, out: dict) -> None:
+    """Left: each tuned hparam against inner steps spent. Right (one hparam): the final outer-valid
+    loss of the grid / random trials against it, with the method's final value marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(out["space"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    traj = out["trajectory"]
+    for n in names:
+        axes[0].plot([r["inner_steps"] for r in traj], [r["hparams"][n] for r in traj], marker=".", label=n)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("inner steps spent")
+    axes[0].set_title(f"{out['method']}: hparams")
+    axes[0].legend()
+    n = names[0]
+    for other, marker in (("grid", "o"), ("random", "x")):
+        trials = out.get(other, {}).get("trials", [])
+        if out["method"] == other:
+            trials = [dict(r, test=None) for r in traj]
+        pts = [(t["hparams"][n], t["outer_valid"]) for t in trials if t.get("outer_valid") is not None]
+        if pts:
+            axes[1].scatter(*zip(*pts), marker=marker, label=other)
+    if out["final"]["outer_valid"] is not None:
+        axes[1].axvline(out["final"]["hparams"][n], color="k", ls="--", label=f"{out['method']} final")
+    axes[1].set_xscale("log")
+    losses = [t["outer_valid"] for o in ("grid", "random") for t in out.get(o, {}).get("trials", [])]
+    losses = [x for x in losses if x is not None]
+    if losses and min(losses) > 0:
+        axes[1].set_yscale("log")
+    axes[1].set_xlabel(n)
+    axes[1].set_ylabel("final outer-valid loss")
+    axes[1].set_title(out["task"], fontsize=9)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
