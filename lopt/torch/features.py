@@ -9,8 +9,10 @@ The same equations as the JAX module, term for term (see its docstring for the d
     \qquad \hat s_f = 1/\sqrt{\operatorname{mean}(x_f^2) + \epsilon_n}
 
 where w = v + ε_v is what the state holds. Unlike the JAX side, which XLA fuses into one loop,
-eager torch runs one kernel per op, so here the features of a tensor are stacked into one
-(F, N) array: its second moments are one reduction and the first MLP layer one matmul.
+eager torch runs one kernel per op and every op reads and writes memory, so a tensor is processed
+in chunks of `CHUNK` entries that stay in cache: a first pass updates the accumulators and sums
+the squares of the features (their per-tensor second moments), a second pass recomputes the
+features of each chunk, stacked into one (F, B) buffer, and runs the MLP on it as matmuls.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from lopt.optimizers.learned.features import EPS_NORM, EPS_V, STEP_TIMESCALES, F
 
 __all__ = ["EPS_NORM", "EPS_V", "FeatureSpec"]
 
+CHUNK = 1 << 16  # entries per chunk: a (F, CHUNK) float32 buffer of a few MB stays in cache
+
 
 def update_accumulators(spec: FeatureSpec, g: torch.Tensor, moms: list, rmss: list) -> None:
     """In place: m^(i) += (1−β_i)(g − m^(i)); w^(j) = γ_j w^(j) + ((1−γ_j) g² + (1−γ_j) ε_v). g: flat float32."""
@@ -33,27 +37,37 @@ def update_accumulators(spec: FeatureSpec, g: torch.Tensor, moms: list, rmss: li
         w.mul_(c).add_(fresh)
 
 
-def param_features(g: torch.Tensor, p: torch.Tensor, moms: list, rmss: list) -> torch.Tensor:
-    """(F, N) float32: one flat tensor's un-normalized features, in `FeatureSpec.names` order.
+def param_features(g: torch.Tensor, p: torch.Tensor, moms: list, rmss: list, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (F, B) filled with one chunk's un-normalized features, in `FeatureSpec.names` order.
 
-    Feature-major, so each feature is one contiguous row written by one kernel with ``out=``.
+    Feature-major, so each feature is one contiguous row written by one kernel.
     """
-    n, k, r = g.numel(), len(moms), len(rmss)
-    x = torch.empty((2 + k + r + k * r, n), dtype=torch.float32, device=g.device)  # (F, N)
-    x[0], x[1] = g, p
+    k, r = len(moms), len(rmss)
+    out[0].copy_(g)
+    out[1].copy_(p)
     for i, m in enumerate(moms):
-        x[2 + i] = m
+        out[2 + i].copy_(m)
     for j, w in enumerate(rmss):
-        torch.rsqrt(w, out=x[2 + k + j])
+        torch.rsqrt(w, out=out[2 + k + j])
     for i in range(k):  # m^(i)·rsqrt(w^(j)) for every j
         for j in range(r):
-            torch.mul(x[2 + i], x[2 + k + j], out=x[2 + k + r + i * r + j])
-    return x
+            torch.mul(out[2 + i], out[2 + k + j], out=out[2 + k + r + i * r + j])
+    return out
+
+
+def sum_squares(x: torch.Tensor) -> torch.Tensor:
+    """(F,) Σ over the chunk of x_f², from features (F, B)."""
+    return torch.linalg.vecdot(x, x, dim=1)
 
 
 def second_moments(x: torch.Tensor) -> torch.Tensor:
-    """(F,) float32: mean over the tensor of x_f², from the stacked features (F, N)."""
-    return torch.linalg.vector_norm(x, dim=1).square() / max(x.shape[1], 1)
+    """(F,) float32: mean over the tensor of x_f², from the stacked features (F, N) of a whole tensor."""
+    return sum_squares(x) / max(x.shape[1], 1)
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """[(start, stop)] covering range(n) in blocks of ``size``."""
+    return [(s, min(s + size, n)) for s in range(0, n, size)] or [(0, 0)]
 
 
 def scales(second_moment: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from lopt.optimizers.learned.hierarchical import (
     CLIP_DECAY, CLIP_MULT, TRAIN_DECAY, VALID_DECAY, HierarchicalConfig, shape_features,
 )  # fmt: skip
 from lopt.torch import features as F
-from lopt.torch.mlp import tensor_update
+from lopt.torch.mlp import accumulate, apply_mlp, feature_buffer, flat_views
 from lopt.torch.rule import Rule
 
 
@@ -95,32 +95,31 @@ class HierarchicalRule(Rule):
         # 1. dynamic gradient clipping against the running gradient RMS
         t_clip = torch.tensor(float(count + 1), dtype=torch.float32, device=device)
         clip = gs["clip_ema"] / (1.0 - torch.pow(torch.tensor(CLIP_DECAY, dtype=torch.float32, device=device), t_clip)) * CLIP_MULT
+        buf = feature_buffer(spec, params)
         per_tensor, lstm_x, mean_sq = [], [], []
         for p, g, st in zip(params, grads, states):
             moms, rmss = self.accumulators(st)
             n = max(p.numel(), 1)
-            g32 = torch.clamp(g.reshape(-1).float(), -clip, clip)
-            p32 = p.detach().reshape(-1).float()
-            F.update_accumulators(spec, g32, moms, rmss)
-            x = F.param_features(g32, p32, moms, rmss)  # (F, N)
-            second = F.second_moments(x)  # (F,): mean g², θ², m_i², 1/w_j, m_i²/w_j
+            p_flat, g_flat = flat_views(p, g)
+            second, sums = accumulate(spec, g_flat, p_flat, moms, rmss, buf, clip=clip, stats=True)
+            # second (F,): mean g², θ², m_i², 1/w_j, m_i²/w_j; sums: Σ m (all i), Σ w (all j), Σ w², Σ θ
             mean_g2 = second[0]
-            mean_m = sum(m.sum() for m in moms) / (n * k)
+            mean_m = sums[0] / (n * k)
             mean_m2 = second[2 : 2 + k].sum() / k
-            mean_v = sum(w.sum() for w in rmss) / (n * len(rmss))
-            mean_v2 = sum(torch.dot(w, w) for w in rmss) / (n * len(rmss))
+            mean_v = sums[1] / (n * len(rmss))
+            mean_v2 = sums[2] / (n * len(rmss))
             norm_p = F.clip_log_abs(torch.sqrt(second[1] * n))
             z = [
                 *stat_triple(mean_m, mean_m2),
                 *stat_triple(mean_v, mean_v2),
-                *stat_triple(p32.sum() / n, second[1]),
+                *stat_triple(sums[3] / n, second[1]),
                 F.clip_log_abs(torch.sqrt(mean_g2 * n)),
                 norm_p,
             ]
             shape = torch.from_numpy(shape_features(tuple(p.shape))).to(device)
             lstm_x.append(torch.cat([torch.stack(z), shape]))
             mean_sq.append(mean_g2)
-            per_tensor.append((x, F.scales(second), norm_p, math.log(n)))
+            per_tensor.append((F.scales(second), norm_p, math.log(n), p_flat, g_flat, moms, rmss))
         num_tensors = len(per_tensor)
         # 3. the per-tensor LSTM, batched over tensors
         x_lstm = torch.cat(
@@ -144,13 +143,12 @@ class HierarchicalRule(Rule):
             )
         emb = F.step_embedding(count, device)
         log_tensors = torch.full((1,), math.log(max(num_tensors, 1)), dtype=torch.float32, device=device)
-        for i, ((x, scale, norm_p, log_n), p, st) in enumerate(zip(per_tensor, params, states)):
+        for i, ((scale, norm_p, log_n, p_flat, g_flat, moms, rmss), st) in enumerate(zip(per_tensor, states)):
             tensor_inputs = torch.cat([emb, torch.stack([norm_p, torch.tensor(log_n, dtype=torch.float32, device=device)]), log_tensors])
-            u = tensor_update(
-                theta["mlp"], theta["skip"], x, scale, tensor_inputs, cfg.step_mult, cfg.exp_mult,
-                extra_bias=to_mlp[i], log_step=None if log_step is None else log_step[i],
+            apply_mlp(
+                theta["mlp"], theta["skip"], scale, tensor_inputs, cfg.step_mult, cfg.exp_mult, g_flat, p_flat,
+                moms, rmss, buf, clip=clip, extra_bias=to_mlp[i], log_step=None if log_step is None else log_step[i],
             )  # fmt: skip
-            self.apply(p, u)
             st["lstm_h"].copy_(h[i])
             st["lstm_c"].copy_(c[i])
         avg_sq = sum(mean_sq) / max(num_tensors, 1)

@@ -10,7 +10,8 @@ Per tensor, from its stacked features x (F, N) and their scales ŝ (F,):
 
 with e the features constant over the tensor (the step embedding, for `hierarchical` also the
 LSTM's inputs), folded into the first bias exactly as on the JAX side. The skip is one more
-column of the first matmul, so a tensor costs one (H0+1, F) x (F, N) product and small ones after.
+column of the first matmul. A tensor is processed in two passes over chunks (`features`):
+`accumulate` (state update, sums of squares) and `apply_mlp` (features again, the MLP, θ += u).
 """
 
 from __future__ import annotations
@@ -22,41 +23,81 @@ from lopt.torch import features as F
 from lopt.torch.rule import Rule
 
 
-def tensor_update(
-    mlp: dict,
-    skip: torch.Tensor,
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    tensor_inputs: torch.Tensor,
-    step_mult: float,
-    exp_mult: float,
-    extra_bias: torch.Tensor | None = None,
-    log_step: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(N,) float32 update of one tensor (the torch twin of `learned.mlp.tensor_update`).
+def _clipped(g: torch.Tensor, clip: torch.Tensor | None) -> torch.Tensor:
+    g = g.float()
+    return g if clip is None else torch.clamp(g, -clip, clip)
 
-    ``x`` (F, N) un-normalized features, ``scale`` (F,) their ŝ, ``tensor_inputs`` (T,) the
-    per-tensor inputs feeding rows F: of the first layer, ``extra_bias`` (H0,), ``log_step`` ().
+
+def accumulate(spec: F.FeatureSpec, g, p, moms, rmss, buf, clip=None, stats: bool = False):
+    """Pass 1 over one flat tensor: accumulators updated in place; returns (mean x_f² (F,), sums).
+
+    ``sums`` (with ``stats``) is (4,): Σ of all momenta, Σ of all second moments w, Σ w², Σ θ.
+    ``clip``: gradients are clipped to ±clip first (`hierarchical`).
     """
-    f = x.shape[0]
-    w0, b0 = mlp["l0"]["w"], mlp["l0"]["b"]  # (F + T, H0), (H0,)
-    first_b = b0 + tensor_inputs @ w0[f:]  # (H0,)
-    if extra_bias is not None:
-        first_b = first_b + extra_bias
-    first_w = torch.cat([w0[:f], skip[:, None]], dim=1) * scale[:, None]  # (F, H0 + 1): ŝ W0 | ŝ skip
-    pre = first_w.T @ x  # (H0 + 1, N)
-    h0 = w0.shape[1]
-    h = torch.relu_(pre[:h0].add_(first_b[:, None]))  # (H0, N)
+    n, k = g.numel(), len(moms)
+    sumsq = torch.zeros(spec.count, dtype=torch.float32, device=g.device)
+    sums = torch.zeros(4, dtype=torch.float32, device=g.device)
+    for s, e in F.chunks(n, F.CHUNK):
+        gc, pc = _clipped(g[s:e], clip), p[s:e].float()
+        mc, wc = [m[s:e] for m in moms], [w[s:e] for w in rmss]
+        F.update_accumulators(spec, gc, mc, wc)
+        x = F.param_features(gc, pc, mc, wc, buf[:, : e - s])  # (F, B)
+        sumsq += F.sum_squares(x)
+        if stats:
+            sums += torch.stack([x[2 : 2 + k].sum(), sum(w.sum() for w in wc), sum(torch.dot(w, w) for w in wc), x[1].sum()])
+    return sumsq / max(n, 1), sums
+
+
+def mlp_chunk(x: torch.Tensor, first_w_t: torch.Tensor, first_b: torch.Tensor, mlp: dict,
+              step_mult: float, exp_mult: float, log_step: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """(B,) update of one chunk: ``x`` (F, B) features, ``first_w_t`` (H0 + 1, F) = (ŝ W0 | ŝ skip)ᵀ."""
+    h0 = first_b.shape[0]
+    pre = first_w_t @ x  # (H0 + 1, B)
+    h = torch.relu_(pre[:h0].add_(first_b[:, None]))  # (H0, B)
     i = 1
     while f"l{i}" in mlp:
-        h = torch.relu_(torch.addmm(mlp[f"l{i}"]["b"][:, None], mlp[f"l{i}"]["w"].T, h))  # (Hi, N)
+        h = torch.relu_(torch.addmm(mlp[f"l{i}"]["b"][:, None], mlp[f"l{i}"]["w"].T, h))  # (Hi, B)
         i += 1
-    out = torch.addmm(mlp["out"]["b"][:, None], mlp["out"]["w"].T, h)  # (2, N): direction', magnitude
+    out = torch.addmm(mlp["out"]["b"][:, None], mlp["out"]["w"].T, h)  # (2, B): direction', magnitude
     direction = out[0].add_(pre[h0])  # d = d' + skip·x̂
     log_mag = out[1].mul_(exp_mult)
     if log_step is not None:
         log_mag.add_(log_step)
     return direction.mul_(log_mag.exp_()).mul_(-step_mult)  # −d·exp(s c_exp + λ)·c_step
+
+
+def apply_mlp(mlp: dict, skip, scale, tensor_inputs, step_mult: float, exp_mult: float, g, p, moms, rmss, buf,
+              clip=None, extra_bias=None, log_step=None) -> None:  # fmt: skip
+    """Pass 2 over one flat tensor ``p`` (updated in place): the torch twin of `learned.mlp.tensor_update`.
+
+    ``scale`` (F,) ŝ from pass 1, ``tensor_inputs`` (T,) the per-tensor inputs feeding rows F: of
+    the first layer, ``extra_bias`` (H0,), ``log_step`` () added inside the exp.
+    """
+    f = scale.shape[0]
+    w0, b0 = mlp["l0"]["w"], mlp["l0"]["b"]  # (F + T, H0), (H0,)
+    first_b = b0 + tensor_inputs @ w0[f:]  # (H0,)
+    if extra_bias is not None:
+        first_b = first_b + extra_bias
+    first_w_t = (torch.cat([w0[:f], skip[:, None]], dim=1) * scale[:, None]).T.contiguous()  # (H0 + 1, F)
+    for s, e in F.chunks(g.numel(), F.CHUNK):
+        pc = p[s:e]
+        x = F.param_features(_clipped(g[s:e], clip), pc.float(), [m[s:e] for m in moms], [w[s:e] for w in rmss], buf[:, : e - s])
+        u = mlp_chunk(x, first_w_t, first_b, mlp, step_mult, exp_mult, log_step)
+        pc.add_(u.to(pc.dtype))
+
+
+def flat_views(p: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, g) as flat tensors; p's is a view, written in place (params are contiguous in practice)."""
+    if not p.is_contiguous():
+        raise ValueError(f"lopt learned optimizers need contiguous params; got one of shape {tuple(p.shape)} "
+                         "with strides {p.stride()}: call .contiguous() when creating it.")  # fmt: skip
+    return p.detach().view(-1), g.reshape(-1)
+
+
+def feature_buffer(spec: F.FeatureSpec, params: list) -> torch.Tensor:
+    """(F, B) float32 scratch for the chunks, B = min(CHUNK, largest tensor)."""
+    b = min(F.CHUNK, max(max(p.numel() for p in params), 1))
+    return torch.empty((spec.count, b), dtype=torch.float32, device=params[0].device)
 
 
 class MLPRule(Rule):
@@ -78,15 +119,13 @@ class MLPRule(Rule):
         del loss, valid_loss, num_steps  # this architecture does not use them
         cfg, spec = self.config, self.config.spec
         theta = self.theta_on(params[0].device)
-        count = int(group_state["count"])
-        emb = F.step_embedding(count, params[0].device)  # (11,)
+        emb = F.step_embedding(int(group_state["count"]), params[0].device)  # (11,)
         log_step = cfg.log_step_mult * theta["log_step"] if cfg.log_step_mult > 0 else None
+        buf = feature_buffer(spec, params)
         for p, g, st in zip(params, grads, states):
             moms, rmss = self.accumulators(st)
-            g32, p32 = g.reshape(-1).float(), p.detach().reshape(-1).float()
-            F.update_accumulators(spec, g32, moms, rmss)
-            x = F.param_features(g32, p32, moms, rmss)  # (F, N)
-            scale = F.scales(F.second_moments(x))
-            u = tensor_update(theta["mlp"], theta["skip"], x, scale, emb, cfg.step_mult, cfg.exp_mult, log_step=log_step)
-            self.apply(p, u)
+            p_flat, g_flat = flat_views(p, g)
+            second, _ = accumulate(spec, g_flat, p_flat, moms, rmss, buf)
+            apply_mlp(theta["mlp"], theta["skip"], F.scales(second), emb, cfg.step_mult, cfg.exp_mult,
+                      g_flat, p_flat, moms, rmss, buf, log_step=log_step)  # fmt: skip
         group_state["count"] += 1
