@@ -24,6 +24,7 @@ from lopt.optimizers.learned.hierarchical import CLIP_DECAY, CLIP_MULT, shape_fe
 from lopt.optimizers.learned.hierarchical_v2 import EPS_ABS, EPS_DIR, EPS_REL, HierarchicalV2Config
 from lopt.torch import features as F
 from lopt.torch.hierarchical import loss_features, lstm_cell
+from lopt.torch.mlp import flat_views
 from lopt.torch.rule import Rule
 
 
@@ -86,6 +87,44 @@ class HierarchicalV2Rule(Rule):
         cfg = self.config
         return [state[f"mom{i}"] for i in range(len(cfg.mom_decays))], [state[f"rms{j}"] for j in range(len(cfg.rms_decays))]
 
+    def _accumulate(self, g, p, moms, rmss, clip) -> torch.Tensor:
+        """Pass 1: accumulators in place; (6 + R,): Σ g², Σ m (all i), Σ m² (all i), Σ v² (all j), Σ θ, Σ θ², Σ v_j."""
+        cfg = self.config
+        sums = torch.zeros(6 + len(rmss), dtype=torch.float32, device=g.device)
+        for s, e in F.chunks(g.numel(), F.CHUNK):
+            gc, pc = torch.clamp(g[s:e].float(), -clip, clip), p[s:e].float()
+            mc, vc = [m[s:e] for m in moms], [v[s:e] for v in rmss]
+            for b, m in zip(cfg.mom_decays, mc):
+                m.add_(gc - m, alpha=1.0 - b)  # m + (1−β)(g − m)
+            for c, v in zip(cfg.rms_decays, vc):
+                v.mul_(c).add_(((1.0 - c) * gc) * gc)  # c v + (1−c) g g
+            sums += torch.stack([
+                torch.dot(gc, gc), sum(m.sum() for m in mc), sum(torch.dot(m, m) for m in mc),
+                sum(torch.dot(v, v) for v in vc), pc.sum(), torch.dot(pc, pc), *[v.sum() for v in vc],
+            ])  # fmt: skip
+        return sums
+
+    def _odd(self, g, moms, rmss, clip, eps) -> torch.Tensor:
+        """(F_odd, B): one chunk's odd features g, m_i, m_i·rsqrt(v_j + ε_j)."""
+        k, r = len(moms), len(rmss)
+        odd = torch.empty((1 + k + k * r, g.numel()), dtype=torch.float32, device=g.device)
+        torch.clamp(g.float(), -clip, clip, out=odd[0])
+        for i, m in enumerate(moms):
+            odd[1 + i].copy_(m)
+        rs = [torch.rsqrt(v + ej) for v, ej in zip(rmss, eps)]
+        for i, m in enumerate(moms):
+            for j, rj in enumerate(rs):
+                torch.mul(m, rj, out=odd[1 + k + i * r + j])
+        return odd
+
+    def _odd_second_moments(self, g, moms, rmss, clip, eps, n) -> torch.Tensor:
+        """Pass 2: (F_odd,) mean over the tensor of each odd feature squared."""
+        total = None
+        for s, e in F.chunks(g.numel(), F.CHUNK):
+            sq = F.sum_squares(self._odd(g[s:e], [m[s:e] for m in moms], [v[s:e] for v in rmss], clip, eps))
+            total = sq if total is None else total + sq
+        return total / n
+
     def step(self, params, grads, states, group_state, loss=None, valid_loss=None, num_steps=None) -> None:
         if num_steps is None:
             raise ValueError("hierarchical_v2 needs the total number of training steps T: pass num_steps=T.")
@@ -102,31 +141,20 @@ class HierarchicalV2Rule(Rule):
         per_tensor, lstm_x, mean_sq = [], [], []
         for p, g, st in zip(params, grads, states):
             moms, rmss = self.accumulators(st)
-            n = max(p.numel(), 1)
-            g32 = torch.clamp(g.reshape(-1).float(), -clip, clip)
-            p32 = p.detach().reshape(-1).float()
-            for b, m in zip(cfg.mom_decays, moms):
-                m.add_(g32 - m, alpha=1.0 - b)
-            for c, v in zip(cfg.rms_decays, rmss):
-                v.mul_(c).add_(((1.0 - c) * g32) * g32)
-            r = len(rmss)
-            odd = torch.empty((1 + k + k * r, n), dtype=torch.float32, device=device)  # (F_odd, N)
-            odd[0] = g32
-            for i, m in enumerate(moms):
-                odd[1 + i] = m
-            mean_v = [v.sum() / n for v in rmss]
-            rs = [torch.rsqrt(v + (EPS_REL * mv + EPS_ABS)) for v, mv in zip(rmss, mean_v)]
-            for i, m in enumerate(moms):
-                for j, rj in enumerate(rs):
-                    torch.mul(m, rj, out=odd[1 + k + i * r + j])
-            second = F.second_moments(odd)  # (F_odd,): mean g², m_i², m_i²/(v_j + ε_j)
-            even = torch.stack([torch.sqrt(v * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)])  # (R, N)
-            mean_g2 = second[0]
-            mean_m = sum(m.sum() for m in moms) / (n * k)
-            mean_m2 = second[1 : 1 + k].sum() / k
+            n, r = max(p.numel(), 1), len(rmss)
+            p_flat, g_flat = flat_views(p, g)
+            # pass 1: accumulators; Σ v_j, and the sums behind the LSTM's statistics
+            sums = self._accumulate(g_flat, p_flat, moms, rmss, clip)
+            mean_g2, sum_m, sum_m2, sum_v2, sum_p, sum_p2 = sums[:6].unbind()
+            mean_g2 = mean_g2 / n
+            mean_v = [sv / n for sv in sums[6:].unbind()]
+            eps = [EPS_REL * mv + EPS_ABS for mv in mean_v]
+            # pass 2: the odd features' second moments
+            second = self._odd_second_moments(g_flat, moms, rmss, clip, eps, n)
+            mean_m, mean_m2 = sum_m / (n * k), sum_m2 / (n * k)
             mv = sum(mean_v) / len(mean_v)
-            mean_v2 = sum(torch.dot(v, v) for v in rmss) / (n * r)
-            p2, mean_p = torch.dot(p32, p32) / n, p32.sum() / n
+            mean_v2 = sum_v2 / (n * r)
+            p2, mean_p = sum_p2 / n, sum_p / n
             z = [
                 F.clip_log_abs(mean_m), F.clip_log_abs(torch.clamp(mean_m2 - mean_m * mean_m, min=0.0)),
                 F.clip_log_abs(mv), F.clip_log_abs(torch.clamp(mean_v2 - mv * mv, min=0.0)),
@@ -136,7 +164,7 @@ class HierarchicalV2Rule(Rule):
             shape = torch.from_numpy(shape_features(tuple(p.shape))).to(device)
             lstm_x.append(torch.cat([torch.stack(z), shape]))
             mean_sq.append(mean_g2)
-            per_tensor.append((odd, F.scales(second), even, math.log(n)))
+            per_tensor.append((F.scales(second), mean_v, eps, math.log(n), p_flat, g_flat, moms, rmss))
         num_tensors = len(per_tensor)
         x = torch.cat(
             [
@@ -157,12 +185,19 @@ class HierarchicalV2Rule(Rule):
         w0 = theta["mlp"]["l0"]["w"]
         n_in = len(cfg.odd_names()) + len(cfg.even_names())  # rows after these: the per-tensor inputs
         log_tensors = math.log(max(num_tensors, 1))
-        for i, ((odd, scale, even, log_n), p, st) in enumerate(zip(per_tensor, params, states)):
+        for i, ((scale, mean_v, eps, log_n, p_flat, g_flat, moms, rmss), st) in enumerate(zip(per_tensor, states)):
             tensor_in = torch.cat([frac, torch.tensor([log_n, log_tensors], dtype=torch.float32, device=device)])
             bias = theta["mlp"]["l0"]["b"] + tensor_in @ w0[n_in:] + to_mlp[i]
-            d = direction(theta["mlp"], theta["skip"], odd, scale, even, bias)
-            d = d * torch.rsqrt(torch.dot(d, d) / max(d.numel(), 1) + EPS_DIR)  # d / RMS(d)
-            self.apply(p, -(eta * factor[i]) * d)
+            # pass 3: the direction, chunk by chunk, then its normalization over the tensor
+            d = torch.empty_like(g_flat, dtype=torch.float32)  # (N,)
+            sum_d2 = torch.zeros((), dtype=torch.float32, device=device)
+            for s, e in F.chunks(g_flat.numel(), F.CHUNK):
+                odd = self._odd(g_flat[s:e], [m[s:e] for m in moms], [v[s:e] for v in rmss], clip, eps)
+                even = torch.stack([torch.sqrt(v[s:e] * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)])  # (R, B)
+                d[s:e] = direction(theta["mlp"], theta["skip"], odd, scale, even, bias)
+                sum_d2 += torch.dot(d[s:e], d[s:e])
+            coef = -(eta * factor[i]) * torch.rsqrt(sum_d2 / max(d.numel(), 1) + EPS_DIR)  # −η s(f) factor / RMS(d)
+            p_flat.add_(d.mul_(coef).to(p_flat.dtype))
             st["lstm_h"].copy_(h[i])
             st["lstm_c"].copy_(c[i])
         avg_sq = sum(mean_sq) / max(num_tensors, 1)
