@@ -35,7 +35,11 @@ def flat(n: int) -> list[torch.Tensor]:
 
 def mlp3() -> list[torch.Tensor]:
     model = torch.nn.Sequential(
-        torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10)
+        torch.nn.Linear(784, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 10),
     )
     return list(model.parameters())
 
@@ -87,17 +91,27 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5, help="steps per optimizer per round")
     parser.add_argument("--sizes", type=float, nargs="*", default=[1e5, 1e6, 1e7], help="flat tensor sizes")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--only", nargs="*", default=None, help="optimizers to measure (AdamW foreach always)")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="optimizers to measure (AdamW foreach always)"
+    )
     parser.add_argument("--no-model", action="store_true", help="skip the MLP parameter set")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = list(optimizers()) if args.only is None else ["AdamW foreach", *[n for n in args.only if n != "AdamW foreach"]]
-    sets: list[tuple[str, Callable]] = [(f"flat {s:.0e} ({int(s):,})", lambda s=s: flat(int(s))) for s in args.sizes]
+    names = (
+        list(optimizers())
+        if args.only is None
+        else ["AdamW foreach", *[n for n in args.only if n != "AdamW foreach"]]
+    )
+    sets: list[tuple[str, Callable]] = [
+        (f"flat {s:.0e} ({int(s):,})", lambda s=s: flat(int(s))) for s in args.sizes
+    ]
     if not args.no_model:
         sets.append((f"mlp 784-512-512-10 ({sum(p.numel() for p in mlp3()):,})", mlp3))
     load_start = os.getloadavg()[0]
-    table = Table(title=f"torch step time vs AdamW(foreach), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    table = Table(
+        title=f"torch step time vs AdamW(foreach), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     for col in ("params", "optimizer", "ms/step", "x AdamW foreach"):
         table.add_column(col, justify="left" if col in ("params", "optimizer") else "right")
     for label, params_fn in sets:

@@ -26,7 +26,9 @@ from lopt.data import load
 
 def mlp() -> nn.Module:
     """784 -> 128 -> 128 -> 10 with ReLU: logits of the 10 classes."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(28 * 28, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
 
 
 def main(steps: int = 1000, optimizer_name: str = "pretrained", batch_size: int = 128, seed: int = 0) -> dict:
@@ -65,7 +67,9 @@ def main(steps: int = 1000, optimizer_name: str = "pretrained", batch_size: int 
     with torch.no_grad():
         test_accuracy = float((model(test_x).argmax(dim=-1) == test_y).float().mean())
     train_loss = sum(losses[-window:]) / window
-    print(f"{optimizer_name}: train loss {train_loss:.4f} (last {window} steps), test accuracy {test_accuracy:.4f}")
+    print(
+        f"{optimizer_name}: train loss {train_loss:.4f} (last {window} steps), test accuracy {test_accuracy:.4f}"
+    )
     return {"losses": losses, "train_loss": train_loss, "test_accuracy": test_accuracy}
 
 

@@ -16,8 +16,9 @@ from lopt.optimizers.learned.registry import LEARNED
 from lopt.validate import UnknownNameError
 
 torch = pytest.importorskip("torch")
-import lopt.torch  # noqa: E402
 from test_torch_equivalence import NAMES, NUM_STEPS, run_torch, torch_params  # noqa: E402
+
+import lopt.torch  # noqa: E402
 
 ALL = [("name", n) for n in sorted(lopt.PRETRAINED)] + [("architecture", a) for a in sorted(LEARNED)]
 
@@ -151,7 +152,9 @@ def test_theta_of_another_architecture_says_what_differs(tmp_path):
     path = tmp_path / "hier.safetensors"
     lopt.save_theta(path, hier, hier.init(jax.random.key(1)))
     p = [torch.nn.Parameter(torch.ones(2))]
-    with pytest.raises(ThetaMismatchError, match="'hierarchical' learned optimizer; it cannot be loaded into 'mlp'"):
+    with pytest.raises(
+        ThetaMismatchError, match="'hierarchical' learned optimizer; it cannot be loaded into 'mlp'"
+    ):
         lopt.torch.LearnedOptimizer(p, theta=path, architecture="mlp")
     with pytest.raises(ThetaMismatchError, match="missing arrays .*matches the default 'hierarchical'"):
         lopt.torch.LearnedOptimizer(p, theta=hier.init(jax.random.key(1)), architecture="mlp")
@@ -183,7 +186,9 @@ def test_horizon_aware_architecture_needs_num_steps():
     with pytest.raises(ValueError, match="num_steps=T"):
         lopt.torch.LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], architecture="hierarchical_v2")
     with pytest.raises(ValueError, match="int >= 1"):
-        lopt.torch.LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], architecture="hierarchical_v2", num_steps=0)
+        lopt.torch.LearnedOptimizer(
+            [torch.nn.Parameter(torch.ones(2))], architecture="hierarchical_v2", num_steps=0
+        )
 
 
 def test_state_stays_float32_for_bfloat16_params():

@@ -123,7 +123,11 @@ def test_lookahead_matches_jax(name):
 
 def test_lookahead_around_sgdm_matches_jax():
     learned = LEARNED["sgdm"]()
-    expected = run_jax(lopt.lookahead(jax_transform(learned, learned.init(jax.random.key(0))), k=3, alpha=0.3))
+    expected = run_jax(
+        lopt.lookahead(jax_transform(learned, learned.init(jax.random.key(0))), k=3, alpha=0.3)
+    )
     params = torch_params()
-    got = run_torch(lopt.torch.Lookahead(lopt.torch.LearnedOptimizer(params, architecture="sgdm"), k=3, alpha=0.3), params)
+    got = run_torch(
+        lopt.torch.Lookahead(lopt.torch.LearnedOptimizer(params, architecture="sgdm"), k=3, alpha=0.3), params
+    )
     assert_close(got, expected)

@@ -38,7 +38,11 @@ def test_one_line_apart_and_documented():
     choices = [m for line in _source().splitlines() if (m := _CHOICE.match(line))]
     assert len(choices) == 1, "expected one optimizer-choice line"
     (m,) = choices
-    code = [line for line in _source().splitlines() if "optimizer_name" in line and not line.lstrip().startswith(("#", '"'))]
+    code = [
+        line
+        for line in _source().splitlines()
+        if "optimizer_name" in line and not line.lstrip().startswith(("#", '"'))
+    ]
     # the choice line, the signature, and the final print: nothing else reads the choice
     assert len(code) == 3, code
     diff = f"-{m['indent']}{m['target']} = {m['adamw']}\n+{m['indent']}{m['target']} = {m['pretrained']}"

@@ -17,8 +17,6 @@ features of each chunk, stacked into one (F, B) buffer, and runs the MLP on it a
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from lopt.optimizers.learned.features import EPS_NORM, EPS_V, STEP_TIMESCALES, FeatureSpec
@@ -37,7 +35,9 @@ def update_accumulators(spec: FeatureSpec, g: torch.Tensor, moms: list, rmss: li
         w.mul_(c).add_(fresh)
 
 
-def param_features(g: torch.Tensor, p: torch.Tensor, moms: list, rmss: list, out: torch.Tensor) -> torch.Tensor:
+def param_features(
+    g: torch.Tensor, p: torch.Tensor, moms: list, rmss: list, out: torch.Tensor
+) -> torch.Tensor:
     """``out`` (F, B) filled with one chunk's un-normalized features, in `FeatureSpec.names` order.
 
     Feature-major, so each feature is one contiguous row written by one kernel.
@@ -58,11 +58,6 @@ def param_features(g: torch.Tensor, p: torch.Tensor, moms: list, rmss: list, out
 def sum_squares(x: torch.Tensor) -> torch.Tensor:
     """(F,) Σ over the chunk of x_f², from features (F, B)."""
     return torch.linalg.vecdot(x, x, dim=1)
-
-
-def second_moments(x: torch.Tensor) -> torch.Tensor:
-    """(F,) float32: mean over the tensor of x_f², from the stacked features (F, N) of a whole tensor."""
-    return sum_squares(x) / max(x.shape[1], 1)
 
 
 def chunks(n: int, size: int) -> list[tuple[int, int]]:
@@ -113,7 +108,3 @@ def fresh(x, device: torch.device) -> tuple[torch.Tensor, bool]:
     value = value.to(device).reshape(())
     ok = bool(torch.isfinite(value))
     return (value if ok else torch.zeros_like(value)), ok
-
-
-def log_size(n: int) -> float:
-    return math.log(max(n, 1))

@@ -14,7 +14,12 @@ import math
 import torch
 
 from lopt.optimizers.learned.hierarchical import (
-    CLIP_DECAY, CLIP_MULT, TRAIN_DECAY, VALID_DECAY, HierarchicalConfig, shape_features,
+    CLIP_DECAY,
+    CLIP_MULT,
+    TRAIN_DECAY,
+    VALID_DECAY,
+    HierarchicalConfig,
+    shape_features,
 )  # fmt: skip
 from lopt.torch import features as F
 from lopt.torch.mlp import accumulate, apply_mlp, feature_buffer, flat_views
@@ -67,8 +72,16 @@ class HierarchicalRule(Rule):
 
     def init_param(self, p: torch.Tensor, index: int) -> dict:
         spec, n, hl = self.config.spec, p.numel(), self.config.lstm_hidden
-        state = {f"mom{i}": torch.zeros(n, dtype=torch.float32, device=p.device) for i in range(len(spec.mom_decays))}
-        state.update({f"rms{j}": torch.full((n,), F.EPS_V, dtype=torch.float32, device=p.device) for j in range(len(spec.rms_decays))})
+        state = {
+            f"mom{i}": torch.zeros(n, dtype=torch.float32, device=p.device)
+            for i in range(len(spec.mom_decays))
+        }
+        state.update(
+            {
+                f"rms{j}": torch.full((n,), F.EPS_V, dtype=torch.float32, device=p.device)
+                for j in range(len(spec.rms_decays))
+            }
+        )
         state["lstm_h"] = torch.zeros(hl, dtype=torch.float32, device=p.device)
         state["lstm_c"] = torch.zeros(hl, dtype=torch.float32, device=p.device)
         return state
@@ -94,7 +107,11 @@ class HierarchicalRule(Rule):
         count = int(gs["count"])
         # 1. dynamic gradient clipping against the running gradient RMS
         t_clip = torch.tensor(float(count + 1), dtype=torch.float32, device=device)
-        clip = gs["clip_ema"] / (1.0 - torch.pow(torch.tensor(CLIP_DECAY, dtype=torch.float32, device=device), t_clip)) * CLIP_MULT
+        clip = (
+            gs["clip_ema"]
+            / (1.0 - torch.pow(torch.tensor(CLIP_DECAY, dtype=torch.float32, device=device), t_clip))
+            * CLIP_MULT
+        )
         buf = feature_buffer(spec, params)
         per_tensor, lstm_x, mean_sq = [], [], []
         for p, g, st in zip(params, grads, states):
@@ -134,7 +151,9 @@ class HierarchicalRule(Rule):
         c_prev = torch.stack([st["lstm_c"] for st in states])
         h, c = lstm_cell(theta["lstm"], x_lstm, h_prev, c_prev)
         # 4. the message for the next step, and 5. the LSTM's per-tensor inputs to the MLP
-        gs["message"] = torch.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], dim=0)  # (M,)
+        gs["message"] = torch.mean(
+            h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], dim=0
+        )  # (M,)
         to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
         log_step = None
         if cfg.log_step_mult > 0:  # 6. per tensor: c_lr·(λ + w·h_k + b)
@@ -144,7 +163,13 @@ class HierarchicalRule(Rule):
         emb = F.step_embedding(count, device)
         log_tensors = torch.full((1,), math.log(max(num_tensors, 1)), dtype=torch.float32, device=device)
         for i, ((scale, norm_p, log_n, p_flat, g_flat, moms, rmss), st) in enumerate(zip(per_tensor, states)):
-            tensor_inputs = torch.cat([emb, torch.stack([norm_p, torch.tensor(log_n, dtype=torch.float32, device=device)]), log_tensors])
+            tensor_inputs = torch.cat(
+                [
+                    emb,
+                    torch.stack([norm_p, torch.tensor(log_n, dtype=torch.float32, device=device)]),
+                    log_tensors,
+                ]
+            )
             apply_mlp(
                 theta["mlp"], theta["skip"], scale, tensor_inputs, cfg.step_mult, cfg.exp_mult, g_flat, p_flat,
                 moms, rmss, buf, clip=clip, extra_bias=to_mlp[i], log_step=None if log_step is None else log_step[i],

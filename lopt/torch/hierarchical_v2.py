@@ -85,7 +85,9 @@ class HierarchicalV2Rule(Rule):
 
     def accumulators(self, state: dict) -> tuple[list, list]:
         cfg = self.config
-        return [state[f"mom{i}"] for i in range(len(cfg.mom_decays))], [state[f"rms{j}"] for j in range(len(cfg.rms_decays))]
+        return [state[f"mom{i}"] for i in range(len(cfg.mom_decays))], [
+            state[f"rms{j}"] for j in range(len(cfg.rms_decays))
+        ]
 
     def _accumulate(self, g, p, moms, rmss, clip) -> torch.Tensor:
         """Pass 1: accumulators in place; (6 + R,): Σ g², Σ m (all i), Σ m² (all i), Σ v² (all j), Σ θ, Σ θ², Σ v_j."""
@@ -137,7 +139,11 @@ class HierarchicalV2Rule(Rule):
         s_f = schedule_shape(f, cfg.warmup, cfg.final)
         frac = torch.stack([f, torch.cos(math.pi * f), s_f])  # (3,)
         t_clip = torch.tensor(float(count + 1), dtype=torch.float32, device=device)
-        clip = gs["clip_ema"] / (1.0 - torch.pow(torch.tensor(CLIP_DECAY, dtype=torch.float32, device=device), t_clip)) * CLIP_MULT
+        clip = (
+            gs["clip_ema"]
+            / (1.0 - torch.pow(torch.tensor(CLIP_DECAY, dtype=torch.float32, device=device), t_clip))
+            * CLIP_MULT
+        )
         per_tensor, lstm_x, mean_sq = [], [], []
         for p, g, st in zip(params, grads, states):
             moms, rmss = self.accumulators(st)
@@ -180,23 +186,34 @@ class HierarchicalV2Rule(Rule):
         h, c = lstm_cell(theta["lstm"], x, h_prev, c_prev)  # (T, Hl)
         gs["message"] = torch.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], dim=0)
         to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
-        factor = torch.exp(math.log(cfg.tensor_range) * torch.tanh((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0]))
+        factor = torch.exp(
+            math.log(cfg.tensor_range)
+            * torch.tanh((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0])
+        )
         eta = cfg.peak * torch.exp(cfg.log_step_mult * theta["log_step"]) * s_f
         w0 = theta["mlp"]["l0"]["w"]
         n_in = len(cfg.odd_names()) + len(cfg.even_names())  # rows after these: the per-tensor inputs
         log_tensors = math.log(max(num_tensors, 1))
-        for i, ((scale, mean_v, eps, log_n, p_flat, g_flat, moms, rmss), st) in enumerate(zip(per_tensor, states)):
-            tensor_in = torch.cat([frac, torch.tensor([log_n, log_tensors], dtype=torch.float32, device=device)])
+        for i, ((scale, mean_v, eps, log_n, p_flat, g_flat, moms, rmss), st) in enumerate(
+            zip(per_tensor, states)
+        ):
+            tensor_in = torch.cat(
+                [frac, torch.tensor([log_n, log_tensors], dtype=torch.float32, device=device)]
+            )
             bias = theta["mlp"]["l0"]["b"] + tensor_in @ w0[n_in:] + to_mlp[i]
             # pass 3: the direction, chunk by chunk, then its normalization over the tensor
             d = torch.empty_like(g_flat, dtype=torch.float32)  # (N,)
             sum_d2 = torch.zeros((), dtype=torch.float32, device=device)
             for s, e in F.chunks(g_flat.numel(), F.CHUNK):
                 odd = self._odd(g_flat[s:e], [m[s:e] for m in moms], [v[s:e] for v in rmss], clip, eps)
-                even = torch.stack([torch.sqrt(v[s:e] * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)])  # (R, B)
+                even = torch.stack(
+                    [torch.sqrt(v[s:e] * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)]
+                )  # (R, B)
                 d[s:e] = direction(theta["mlp"], theta["skip"], odd, scale, even, bias)
                 sum_d2 += torch.dot(d[s:e], d[s:e])
-            coef = -(eta * factor[i]) * torch.rsqrt(sum_d2 / max(d.numel(), 1) + EPS_DIR)  # −η s(f) factor / RMS(d)
+            coef = -(eta * factor[i]) * torch.rsqrt(
+                sum_d2 / max(d.numel(), 1) + EPS_DIR
+            )  # −η s(f) factor / RMS(d)
             p_flat.add_(d.mul_(coef).to(p_flat.dtype))
             st["lstm_h"].copy_(h[i])
             st["lstm_c"].copy_(c[i])

@@ -57,7 +57,10 @@ class SGDMRule(Rule):
     config_class = SGDMConfig
 
     def init_param(self, p: torch.Tensor, index: int) -> dict:
-        return {"slot": tensor_slot(index, self.config.num_slots), "velocity": torch.zeros(p.shape, dtype=torch.float32, device=p.device)}
+        return {
+            "slot": tensor_slot(index, self.config.num_slots),
+            "velocity": torch.zeros(p.shape, dtype=torch.float32, device=p.device),
+        }
 
     def init_group(self, device: torch.device) -> dict:
         return {"count": torch.zeros((), dtype=torch.int64, device=device)}

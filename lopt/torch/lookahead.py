@@ -85,6 +85,8 @@ class Lookahead(torch.optim.Optimizer):
         self.state.clear()
         for i, slow in la["slow"].items():
             if not 0 <= i < len(params):
-                raise ValueError(f"the state_dict has slow weights for param {i}; this optimizer has {len(params)}.")
+                raise ValueError(
+                    f"the state_dict has slow weights for param {i}; this optimizer has {len(params)}."
+                )
             self.state[params[i]]["slow"] = slow.to(device=params[i].device, dtype=params[i].dtype, copy=True)
         self.count, self.k, self.alpha = int(la["count"]), int(la["k"]), float(la["alpha"])

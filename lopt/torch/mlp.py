@@ -44,7 +44,9 @@ def accumulate(spec: F.FeatureSpec, g, p, moms, rmss, buf, clip=None, stats: boo
         x = F.param_features(gc, pc, mc, wc, buf[:, : e - s])  # (F, B)
         sumsq += F.sum_squares(x)
         if stats:
-            sums += torch.stack([x[2 : 2 + k].sum(), sum(w.sum() for w in wc), sum(torch.dot(w, w) for w in wc), x[1].sum()])
+            sums += torch.stack(
+                [x[2 : 2 + k].sum(), sum(w.sum() for w in wc), sum(torch.dot(w, w) for w in wc), x[1].sum()]
+            )
     return sumsq / max(n, 1), sums
 
 
@@ -81,7 +83,13 @@ def apply_mlp(mlp: dict, skip, scale, tensor_inputs, step_mult: float, exp_mult:
     first_w_t = (torch.cat([w0[:f], skip[:, None]], dim=1) * scale[:, None]).T.contiguous()  # (H0 + 1, F)
     for s, e in F.chunks(g.numel(), F.CHUNK):
         pc = p[s:e]
-        x = F.param_features(_clipped(g[s:e], clip), pc.float(), [m[s:e] for m in moms], [w[s:e] for w in rmss], buf[:, : e - s])
+        x = F.param_features(
+            _clipped(g[s:e], clip),
+            pc.float(),
+            [m[s:e] for m in moms],
+            [w[s:e] for w in rmss],
+            buf[:, : e - s],
+        )
         u = mlp_chunk(x, first_w_t, first_b, mlp, step_mult, exp_mult, log_step)
         pc.add_(u.to(pc.dtype))
 
@@ -108,8 +116,16 @@ class MLPRule(Rule):
     def init_param(self, p: torch.Tensor, index: int) -> dict:
         spec = self.config.spec
         n = p.numel()
-        state = {f"mom{i}": torch.zeros(n, dtype=torch.float32, device=p.device) for i in range(len(spec.mom_decays))}
-        state.update({f"rms{j}": torch.full((n,), F.EPS_V, dtype=torch.float32, device=p.device) for j in range(len(spec.rms_decays))})
+        state = {
+            f"mom{i}": torch.zeros(n, dtype=torch.float32, device=p.device)
+            for i in range(len(spec.mom_decays))
+        }
+        state.update(
+            {
+                f"rms{j}": torch.full((n,), F.EPS_V, dtype=torch.float32, device=p.device)
+                for j in range(len(spec.rms_decays))
+            }
+        )
         return state
 
     def init_group(self, device: torch.device) -> dict:

@@ -40,12 +40,18 @@ GROUP_KEY = "group"  # the per-group state lives in the state of the group's fir
 def _refuse_hparams(given: dict, where: str) -> None:
     bad = sorted(set(given) & HPARAM_NAMES)
     if bad:
-        what = "learning rate" if {"lr", "learning_rate", "step_size"} & set(bad) else f"hyperparameters ({', '.join(bad)})"
+        what = (
+            "learning rate"
+            if {"lr", "learning_rate", "step_size"} & set(bad)
+            else f"hyperparameters ({', '.join(bad)})"
+        )
         raise ValueError(NO_HPARAMS.format(what=what) + f" [{where}: {', '.join(bad)}]")
 
 
 def _check_num_steps(rule: Rule, num_steps: Any) -> None:
-    if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
+    if num_steps is not None and (
+        isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1
+    ):
         raise ValueError(f"num_steps={num_steps!r} must be an int >= 1: the length T of the training run.")
     if num_steps is None and getattr(rule.learned, "needs_num_steps", False):
         raise ValueError(
@@ -90,19 +96,29 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise TypeError(f"LearnedOptimizer got unexpected arguments {sorted(kwargs)}; it takes name=, theta=, "
                             "architecture=, num_steps= and frozen= (and no learning rate).")  # fmt: skip
         self._rules: dict[tuple, Rule] = {}
-        defaults = {"name": name, "theta": theta, "architecture": architecture, "num_steps": num_steps, "frozen": frozen}
+        defaults = {
+            "name": name,
+            "theta": theta,
+            "architecture": architecture,
+            "num_steps": num_steps,
+            "frozen": frozen,
+        }
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; it runs the optimizer its options name (checked now, so errors come early)."""
         _refuse_hparams(param_group, "param group")
-        if any(k in param_group for k in OPTIONS):  # a group that names its optimizer takes none of the defaults'
+        if any(
+            k in param_group for k in OPTIONS
+        ):  # a group that names its optimizer takes none of the defaults'
             param_group = {**{k: None for k in OPTIONS}, **param_group}
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         for p in group["params"]:
             if p.is_complex():
-                raise ValueError(f"lopt learned optimizers are real-valued; got a complex param of shape {tuple(p.shape)}.")
+                raise ValueError(
+                    f"lopt learned optimizers are real-valued; got a complex param of shape {tuple(p.shape)}."
+                )
         rule = self._rule(group)
         _check_num_steps(rule, group["num_steps"])
 
@@ -116,7 +132,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _group_state(self, group: dict, rule: Rule) -> dict:
         holder = self.state[group["params"][0]]
         if GROUP_KEY not in holder:
-            holder[GROUP_KEY] = {"architecture": rule.architecture, **rule.init_group(group["params"][0].device)}
+            holder[GROUP_KEY] = {
+                "architecture": rule.architecture,
+                **rule.init_group(group["params"][0].device),
+            }
         return holder[GROUP_KEY]
 
     @torch.no_grad()
@@ -154,7 +173,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 work.append((rule, group, params, grads, states))
         for rule, group, params, grads, states in work:
             gs = self._group_state(group, rule)
-            rule.step(params, grads, states, gs, loss=loss, valid_loss=valid_loss, num_steps=group["num_steps"])
+            rule.step(
+                params, grads, states, gs, loss=loss, valid_loss=valid_loss, num_steps=group["num_steps"]
+            )
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -163,13 +184,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
             state_dict = hook(self, state_dict) or state_dict
         saved = state_dict["param_groups"]
         if len(saved) != len(self.param_groups):
-            raise ValueError(f"the state_dict has {len(saved)} param groups, this optimizer {len(self.param_groups)}.")
+            raise ValueError(
+                f"the state_dict has {len(saved)} param groups, this optimizer {len(self.param_groups)}."
+            )
         for i, (group, s) in enumerate(zip(self.param_groups, saved)):
             if len(group["params"]) != len(s["params"]):
                 raise ValueError(
                     f"param group {i} has {len(group['params'])} params, the state_dict's {len(s['params'])}."
                 )
-        id_map = {k: p for group, s in zip(self.param_groups, saved) for k, p in zip(s["params"], group["params"])}
+        id_map = {
+            k: p for group, s in zip(self.param_groups, saved) for k, p in zip(s["params"], group["params"])
+        }
         state: defaultdict = defaultdict(dict)
         for k, value in state_dict["state"].items():
             if k not in id_map:

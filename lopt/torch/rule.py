@@ -33,8 +33,10 @@ def _to(theta: Any, device: torch.device) -> Any:
 
 
 def architecture_id(learned: LearnedOptimizer) -> str:
-    """"name vVERSION {config}": what a saved optimizer state was computed by."""
-    return f"{learned.name} v{learned.version} {json.dumps(dataclasses.asdict(learned.config), sort_keys=True)}"
+    """ "name vVERSION {config}": what a saved optimizer state was computed by."""
+    return (
+        f"{learned.name} v{learned.version} {json.dumps(dataclasses.asdict(learned.config), sort_keys=True)}"
+    )
 
 
 class Rule(abc.ABC):

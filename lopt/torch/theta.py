@@ -38,7 +38,7 @@ def _expected(learned: LearnedOptimizer) -> dict[str, tuple[int, ...]]:
 
 
 def _guess(shapes: dict[str, tuple[int, ...]]) -> str:
-    """", which matches the default 'X' architecture" when one does."""
+    """ ", which matches the default 'X' architecture" when one does."""
     for name, cls in LEARNED.items():
         if _expected(cls()) == shapes:
             return f"; it matches the default {name!r} architecture"
@@ -48,7 +48,9 @@ def _guess(shapes: dict[str, tuple[int, ...]]) -> str:
 def check_theta(learned: LearnedOptimizer, theta: Theta) -> None:
     """Raise `ThetaMismatchError` unless ``theta`` has exactly ``learned``'s arrays and shapes."""
     if not isinstance(theta, dict):
-        raise ThetaMismatchError(f"theta must be a nested dict of arrays or a path, got {type(theta).__name__}.")
+        raise ThetaMismatchError(
+            f"theta must be a nested dict of arrays or a path, got {type(theta).__name__}."
+        )
     expected, given = _expected(learned), _shapes(theta)
     missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
     if missing or extra:
@@ -83,7 +85,9 @@ def source_of(name: str | None, theta: Any, architecture: Any) -> Source:
     return (name, theta_key, architecture)
 
 
-def resolve(name: str | None = None, theta: Any = None, architecture: Any = None) -> tuple[LearnedOptimizer, Theta]:
+def resolve(
+    name: str | None = None, theta: Any = None, architecture: Any = None
+) -> tuple[LearnedOptimizer, Theta]:
     """(learned optimizer, theta) for a group's ``name`` / ``theta`` / ``architecture`` options."""
     if name is not None:
         if theta is not None or architecture is not None:
@@ -103,7 +107,9 @@ def resolve(name: str | None = None, theta: Any = None, architecture: Any = None
         return load_theta(theta, learned)
     if theta is not None:
         if learned is None:
-            raise ConfigError("a theta given as arrays needs its architecture: pass architecture='mlp' (or another).")
+            raise ConfigError(
+                "a theta given as arrays needs its architecture: pass architecture='mlp' (or another)."
+            )
         check_theta(learned, theta)
         return learned, theta
     if learned is None:
