@@ -36,6 +36,7 @@ Grosse, CSC2541 "Neural net training dynamics", lecture on stochastic optimizati
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -118,26 +119,46 @@ class NQM(TaskFamily):
 # --- closed-form dynamics ------------------------------------------------------------------------
 
 
+class Moments(NamedTuple):
+    """Per-coordinate second moments of SGD-with-momentum's state s = (x, v) on the NQM, each (n,)."""
+
+    xx: jax.Array  # E[x²]
+    xv: jax.Array  # E[x v]
+    vv: jax.Array  # E[v²]
+
+
+def init_moments(x0: jax.Array) -> Moments:
+    """M_0 = s_0 s_0ᵀ with v_0 = 0."""
+    zeros = jnp.zeros_like(x0)
+    return Moments(x0**2, zeros, zeros)
+
+
+def evolve(
+    h: jax.Array, m: Moments, learning_rates: jax.Array, momentum: float | jax.Array, batch_size: float
+) -> tuple[Moments, jax.Array]:
+    """M_t -> M_{t+T} under the schedule ``learning_rates`` (T,) (the module docstring's recursion);
+    returns the new moments and (T,) E[L(x_{t+1})], ..., E[L(x_{t+T})]."""
+    sigma2 = h / batch_size  # (n,)
+    mu = jnp.asarray(momentum, jnp.float32)
+
+    def step(m, lr):
+        a11, a12, a21, a22 = 1.0 - lr * h, -lr * mu, h, mu
+        new = Moments(
+            a11**2 * m.xx + 2 * a11 * a12 * m.xv + a12**2 * m.vv + lr**2 * sigma2,
+            a11 * a21 * m.xx + (a11 * a22 + a12 * a21) * m.xv + a12 * a22 * m.vv - lr * sigma2,
+            a21**2 * m.xx + 2 * a21 * a22 * m.xv + a22**2 * m.vv + sigma2,
+        )
+        return new, 0.5 * jnp.sum(h * new.xx)
+
+    return jax.lax.scan(step, m, jnp.asarray(learning_rates, jnp.float32))
+
+
 def expected_losses(
     h: jax.Array, x0: jax.Array, learning_rates: jax.Array, momentum: float | jax.Array, batch_size: float
 ) -> jax.Array:
     """(T + 1,) E[L(x_t)], t = 0..T, of SGD with momentum μ and the schedule ``learning_rates``
     (T,) from x_0 (the recursion of the module docstring; exact, differentiable in every input)."""
-    sigma2 = h / batch_size  # (n,)
-    mu = jnp.asarray(momentum, jnp.float32)
-
-    def step(m, lr):
-        xx, xv, vv = m  # (n,) each: E[x²], E[x v], E[v²]
-        a11, a12, a21, a22 = 1.0 - lr * h, -lr * mu, h, mu
-        new = (
-            a11**2 * xx + 2 * a11 * a12 * xv + a12**2 * vv + lr**2 * sigma2,
-            a11 * a21 * xx + (a11 * a22 + a12 * a21) * xv + a12 * a22 * vv - lr * sigma2,
-            a21**2 * xx + 2 * a21 * a22 * xv + a22**2 * vv + sigma2,
-        )
-        return new, 0.5 * jnp.sum(h * new[0])
-
-    zeros = jnp.zeros_like(x0)
-    _, losses = jax.lax.scan(step, (x0**2, zeros, zeros), jnp.asarray(learning_rates, jnp.float32))
+    _, losses = evolve(h, init_moments(x0), learning_rates, momentum, batch_size)
     return jnp.concatenate([(0.5 * jnp.sum(h * x0**2))[None], losses])
 
 
