@@ -182,6 +182,7 @@ def test_sparse_gradients_are_refused():
         opt.step()
 
 
+@pytest.mark.skipif("hierarchical_v2" not in LEARNED, reason="no horizon-aware architecture in this lopt")
 def test_horizon_aware_architecture_needs_num_steps():
     with pytest.raises(ValueError, match="num_steps=T"):
         lopt.torch.LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], architecture="hierarchical_v2")
