@@ -149,7 +149,7 @@ def main() -> None:
         opts = {"adam": optax.adam(1e-3)}
         for name in args.only:
             learned = LEARNED[name]()
-            opts[name] = learned.transform(learned.init(jax.random.key(0)))
+            opts[name] = learned.transform(learned.init(jax.random.key(0)), num_steps=1000)
         results = measure(opts, params, args.rounds, args.calls)
         adam_s = results["adam"][0]
         for name, (sec, compile_s, flops, nbytes) in results.items():

@@ -106,7 +106,9 @@ def train_one(
         diverged = jnp.where((diverged == num_steps) & ~jnp.isfinite(loss), t, diverged)
         # w_t's inner-valid loss at t ≡ 0 (mod valid_every), fed to this step's update only
         valid = jax.lax.cond(t % valid_every == 0, inner_valid_loss, _no_value, params, k)
-        updates, opt_state = optimizer.update(grads, opt_state, params, loss=loss, valid_loss=valid)
+        updates, opt_state = optimizer.update(
+            grads, opt_state, params, loss=loss, valid_loss=valid, num_steps=jnp.int32(num_steps)
+        )
         params = optax.apply_updates(params, updates)
         return (params, opt_state, t + 1, diverged), loss
 

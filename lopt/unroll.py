@@ -13,7 +13,8 @@ of a particle, from fresh params to its horizon H (log-uniform between the bound
    fresh dynamic task values (same static group), fresh params and optimizer state, a fresh
    horizon, and L_0, its meta-split loss at initialization, and an inner-valid loss measured;
 1. the training loss L and its gradient g at params w_t on a ``train`` batch;
-2. the optimizer step ``update(g, state, w_t, loss=L, valid_loss=V)``, w_{t+1} = w_t + u,
+2. the optimizer step ``update(g, state, w_t, loss=L, valid_loss=V, num_steps=H)``, w_{t+1} = w_t + u
+   (H, the episode's horizon, is what a horizon-aware optimizer such as `hierarchical_v2` is told T is),
    where V is the inner-valid loss if one was measured since the last step and NaN otherwise
    (the learned optimizers read a non-finite ``valid_loss`` as "no new value");
 3. the meta-loss ℓ_t: the normalized loss of w_{t+1} on an ``outer_valid`` batch (with
@@ -266,7 +267,9 @@ class Unroller:
         loss, grads = jax.value_and_grad(task.loss)(state.params, keys[1], task.batch(keys[0], "train"))
         loss = loss.astype(jnp.float32)
         valid = jnp.where(state.valid_fresh, state.valid_loss, jnp.nan)  # NaN: no new value
-        updates, opt_state = opt.update(grads, state.opt_state, state.params, loss=loss, valid_loss=valid)
+        updates, opt_state = opt.update(
+            grads, state.opt_state, state.params, loss=loss, valid_loss=valid, num_steps=state.horizon
+        )
         params = optax.apply_updates(state.params, updates)
         raw = loss if self.meta_split == "train" else self._loss_on(task, params, keys[2:], self.meta_split)
         meta = normalize_meta_loss(raw, state.init_loss, self.loss_reference, self.meta_clip, self.objective)

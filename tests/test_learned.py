@@ -71,7 +71,7 @@ def test_state_floats_per_param(name, key):
     """The state is state_floats_per_param() floats per parameter plus O(#tensors) extras."""
     learned = LEARNED[name]()
     params = {"w": jnp.zeros((100, 50)), "b": jnp.zeros((50,))}
-    state = learned.transform(learned.init(key)).init(params)
+    state = learned.transform(learned.init(key), num_steps=100).init(params)
     floats = sum(x.size for x in jax.tree.leaves(state))
     n = 100 * 50 + 50
     extra = floats - learned.state_floats_per_param() * n
@@ -148,7 +148,7 @@ def test_loss_features_are_live(key):
 
 def inner_loss(learned, theta, steps=4):
     """Loss after ``steps`` inner steps from fixed params: what an outer gradient differentiates."""
-    opt = learned.transform(theta)
+    opt = learned.transform(theta, num_steps=steps)
     params = params_tree()
 
     def step(carry, _):
@@ -201,7 +201,7 @@ def test_any_pytree_and_dtype(name, dtype, key):
         frozen=None,
     )
     learned = LEARNED[name]()
-    opt = learned.transform(learned.init(key))
+    opt = learned.transform(learned.init(key), num_steps=100)
     state = opt.init(params)
     grads = jax.tree.map(lambda p: jnp.ones_like(p) * jnp.asarray(0.1, p.dtype), params)
     updates, state = jax.jit(lambda g, s, p: opt.update(g, s, p, loss=jnp.float32(1.0)))(grads, state, params)

@@ -23,7 +23,7 @@ import optax
 
 from lopt.optimizers.learned.base import LearnedOptimizer, Theta
 from lopt.optimizers.learned.io import load_theta
-from lopt.validate import unknown_name
+from lopt.validate import check_range, unknown_name
 
 _HERE = os.path.dirname(__file__)
 
@@ -78,9 +78,12 @@ def load_pretrained(name: str) -> tuple[LearnedOptimizer, Theta]:
     return load_theta(_entry(name).weights_path)
 
 
-def pretrained(name: str, *args, **kwargs) -> optax.GradientTransformationExtraArgs:
+def pretrained(name: str, *args, num_steps: int | None = None, **kwargs) -> optax.GradientTransformationExtraArgs:
     """The shipped optimizer ``name`` as an optax transformation (``update`` accepts the keyword-only
     extras ``loss=`` and ``valid_loss=``; without them it runs on gradients alone).
+
+    ``num_steps`` is the length T of the training run: required by the horizon-aware (v2)
+    architectures, which schedule their step over it; the v1 architectures do not use it.
 
     Raises:
       UnknownNameError: ``name`` is not shipped (the message lists the names that are).
@@ -92,6 +95,14 @@ def pretrained(name: str, *args, **kwargs) -> optax.GradientTransformationExtraA
         what = "learning rate" if _HPARAM_NAMES & set(kwargs) or args else f"arguments ({', '.join(given)})"
         raise TypeError(_NO_HPARAMS.format(name=entry.name, what=what))
     learned, theta = load_pretrained(name)
+    if getattr(learned, "needs_num_steps", False):
+        if num_steps is None:
+            raise TypeError(
+                f"{entry.name} is horizon-aware: pass the length of the training run, "
+                f"lopt.pretrained({entry.name!r}, num_steps=T)."
+            )
+        check_range("num_steps", num_steps, 1, 2**31 - 1)
+        return optax.with_extra_args_support(learned.transform(theta, num_steps=int(num_steps)))
     return optax.with_extra_args_support(learned.transform(theta))
 
 

@@ -5,6 +5,8 @@ from lopt.optimizers.learned.base import Theta as Theta
 from lopt.optimizers.learned.hierarchical import HierarchicalConfig as HierarchicalConfig
 from lopt.optimizers.learned.hierarchical import HierarchicalOptimizer as HierarchicalOptimizer
 from lopt.optimizers.learned.hierarchical import HierarchicalState as HierarchicalState
+from lopt.optimizers.learned.hierarchical_v2 import HierarchicalV2 as HierarchicalV2
+from lopt.optimizers.learned.hierarchical_v2 import HierarchicalV2Config as HierarchicalV2Config
 from lopt.optimizers.learned.hyper import SGDM as SGDM
 from lopt.optimizers.learned.hyper import AdamLR as AdamLR
 from lopt.optimizers.learned.hyper import AdamLRConfig as AdamLRConfig

@@ -35,6 +35,7 @@ class LearnedOptimizer(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[int]
     config_class: ClassVar[type]
+    needs_num_steps: ClassVar[bool] = False  # True: transform(theta, num_steps=T) / update(..., num_steps=T)
 
     def __init__(self, config: Any = None, **overrides: Any):
         """``config`` (default: ``config_class()``) with ``overrides`` replacing fields by name."""
@@ -48,8 +49,13 @@ class LearnedOptimizer(abc.ABC):
         """The initial meta-parameters (a nested dict of float32 arrays)."""
 
     @abc.abstractmethod
-    def transform(self, theta: Theta) -> optax.GradientTransformationExtraArgs:
-        """The optimizer that ``theta`` defines; cheap, pure and traceable in ``theta``."""
+    def transform(self, theta: Theta, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
+        """The optimizer that ``theta`` defines; cheap, pure and traceable in ``theta``.
+
+        ``num_steps`` is the length T of the training run: a horizon-aware architecture
+        (``needs_num_steps``) schedules its step over it and raises without it (or without
+        ``update(..., num_steps=T)``); the others ignore it.
+        """
 
     @abc.abstractmethod
     def state_floats_per_param(self) -> int:

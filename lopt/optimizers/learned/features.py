@@ -158,6 +158,9 @@ def _affine(xs: list[jax.Array], w: jax.Array, b: jax.Array) -> list[jax.Array]:
     return [sum((x * w[f, j] for f, x in enumerate(xs)), b[j]) for j in range(w.shape[1])]
 
 
+affine = _affine  # the public name, for the other per-parameter networks
+
+
 def mlp_elementwise(
     features: list[jax.Array], first_w: jax.Array, first_b: jax.Array, mlp: dict, skip: jax.Array
 ) -> tuple[jax.Array, jax.Array]:

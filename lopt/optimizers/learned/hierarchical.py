@@ -188,7 +188,8 @@ class HierarchicalOptimizer(LearnedOptimizer):
         zeros = {"w": jnp.zeros((hl, 1), jnp.float32), "b": jnp.zeros((1,), jnp.float32)}
         return {"log_step": jnp.zeros((), jnp.float32), "to_step": zeros}
 
-    def transform(self, theta: Theta) -> optax.GradientTransformationExtraArgs:
+    def transform(self, theta: Theta, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
+        del num_steps  # not horizon-aware: the same rule for any run length
         cfg, spec = self.config, self.config.spec
         k, hl = len(cfg.mom_decays), cfg.lstm_hidden
 

@@ -67,7 +67,8 @@ class AdamLR(LearnedOptimizer):
     def state_floats_per_param(self) -> int:
         return 2
 
-    def transform(self, theta: Theta) -> optax.GradientTransformationExtraArgs:
+    def transform(self, theta: Theta, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
+        del num_steps  # not horizon-aware: the same rule for any run length
         cfg = self.config
         adam = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
 
@@ -117,7 +118,8 @@ class SGDM(LearnedOptimizer):
     def state_floats_per_param(self) -> int:
         return 1
 
-    def transform(self, theta: Theta) -> optax.GradientTransformationExtraArgs:
+    def transform(self, theta: Theta, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
+        del num_steps  # not horizon-aware: the same rule for any run length
         cfg = self.config
 
         def init_fn(params):

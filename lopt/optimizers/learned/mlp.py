@@ -155,7 +155,8 @@ class MLPOptimizer(LearnedOptimizer):
     def state_floats_per_param(self) -> int:
         return self.config.spec.state_floats
 
-    def transform(self, theta: Theta) -> optax.GradientTransformationExtraArgs:
+    def transform(self, theta: Theta, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
+        del num_steps  # not horizon-aware: the same rule for any run length
         cfg = self.config
         spec = cfg.spec
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from lopt.optimizers.learned.base import LearnedOptimizer
 from lopt.optimizers.learned.hierarchical import HierarchicalOptimizer
+from lopt.optimizers.learned.hierarchical_v2 import HierarchicalV2
 from lopt.optimizers.learned.hyper import SGDM, AdamLR
 from lopt.optimizers.learned.mlp import MLPOptimizer
 from lopt.validate import ConfigError, json_tuples, unknown_name
@@ -14,6 +15,7 @@ from lopt.validate import ConfigError, json_tuples, unknown_name
 LEARNED: dict[str, type[LearnedOptimizer]] = {
     "mlp": MLPOptimizer,  # per-parameter MLP (small_fc_lopt-style); 4 floats/param
     "hierarchical": HierarchicalOptimizer,  # Metz et al. 2020: per-tensor LSTM + per-parameter MLP; 6 floats/param
+    "hierarchical_v2": HierarchicalV2,  # horizon-aware (num_steps=T), normalized odd direction x schedule; 6 floats/param
     "adam_lr": AdamLR,  # Adam with learned per-tensor learning rates; 2 floats/param
     "sgdm": SGDM,  # SGD with learned momentum and per-tensor learning rates; 1 float/param
 }
