@@ -6,11 +6,18 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+from lopt.hpo import (
+    HParamSpace,
+    inner_init,
+    inner_steps,
+    online_tune,
+    truncated_hypergrad,
+    unrolled_hypergrad,
+    unrolled_loss,
+)
 from lopt.hpo.unrolled import meta_loss
-from lopt.hpo import HParamSpace, inner_init, inner_steps, online_tune, truncated_hypergrad, unrolled_hypergrad, unrolled_loss
 from lopt.tasks import TaskConfig
 from lopt.tasks.quadratic import Quadratic, QuadraticStatic
 from lopt.validate import ConfigError
@@ -31,14 +38,18 @@ def test_unknown_hparam_lists_the_optimizers_hparams():
 
 
 def test_range_excluding_start_says_which():
-    with pytest.raises(ConfigError, match=r"start value learning_rate=0.001 is outside its range \[0.01, 1\]"):
+    with pytest.raises(
+        ConfigError, match=r"start value learning_rate=0.001 is outside its range \[0.01, 1\]"
+    ):
         HParamSpace.build("adam", ("learning_rate",), ranges={"learning_rate": (1e-2, 1.0)})
     with pytest.raises(ConfigError, match="valid range of learning_rate"):
         HParamSpace.build("adam", ("learning_rate",), ranges={"learning_rate": (1e-3, 100.0)})
 
 
 def test_log_space_roundtrip_and_values_never_leave_range():
-    space = HParamSpace.build("momentum", ("learning_rate", "momentum"), start={"learning_rate": 0.1, "momentum": 0.9})
+    space = HParamSpace.build(
+        "momentum", ("learning_rate", "momentum"), start={"learning_rate": 0.1, "momentum": 0.9}
+    )
     theta = space.init()
     np.testing.assert_allclose(float(theta["learning_rate"]), math.log(0.1), rtol=1e-6)
     np.testing.assert_allclose(float(theta["momentum"]), math.log(0.1), rtol=1e-5)  # log(1 - 0.9)
@@ -57,7 +68,9 @@ def test_zero_default_starts_inside_log_range():
 
 def test_unrolled_hypergrad_matches_handwritten_unroll_and_finite_differences():
     task = _quadratic()
-    space = HParamSpace.build("momentum", ("learning_rate", "momentum"), start={"learning_rate": 0.05, "momentum": 0.5})
+    space = HParamSpace.build(
+        "momentum", ("learning_rate", "momentum"), start={"learning_rate": 0.05, "momentum": 0.5}
+    )
     theta, key, steps = space.init(), jax.random.key(0), 20
 
     def by_hand(theta):  # optax.sgd written out: v = μ v + g, w = w − η v
@@ -71,7 +84,14 @@ def test_unrolled_hypergrad_matches_handwritten_unroll_and_finite_differences():
             v = jax.tree.map(lambda a, b: mu * a + b, v, g)
             w = jax.tree.map(lambda a, b: a - lr * b, w, v)
         ks = jax.random.split(k_meta, 4)
-        return jnp.mean(jnp.stack([task.loss(w, jax.random.split(k)[1], task.batch(jax.random.split(k)[0], "outer_valid")) for k in ks]))
+        return jnp.mean(
+            jnp.stack(
+                [
+                    task.loss(w, jax.random.split(k)[1], task.batch(jax.random.split(k)[0], "outer_valid"))
+                    for k in ks
+                ]
+            )
+        )
 
     loss, grad = jax.jit(unrolled_hypergrad, static_argnums=(2, 4))(key, task, space, theta, steps)
     ref_loss, ref = jax.value_and_grad(by_hand)(theta)
@@ -91,7 +111,7 @@ def test_truncated_hypergrad_is_the_gradient_of_the_window_alone():
     theta, key = space.init(), jax.random.key(1)
     k_init, k_pre, k_win = jax.random.split(key, 3)
     state, _ = inner_steps(k_pre, task, space, theta, inner_init(k_init, task, space, theta), 15)
-    loss, grad, new, losses = truncated_hypergrad(k_win, task, space, theta, state, 10)
+    _, grad, new, losses = truncated_hypergrad(k_win, task, space, theta, state, 10)
     assert int(new.step) == 25 and losses.shape == (10,)
 
     def window(u):  # the same 10 steps from the same (fixed) state, differentiated by hand
@@ -108,7 +128,9 @@ def test_truncated_hypergrad_is_the_gradient_of_the_window_alone():
 
 def test_online_tune_raises_a_too_small_learning_rate_and_stays_in_range():
     task = _quadratic(noise=0.0)
-    space = HParamSpace.build("sgd", ("learning_rate",), start={"learning_rate": 1e-4}, ranges={"learning_rate": (1e-5, 0.05)})
+    space = HParamSpace.build(
+        "sgd", ("learning_rate",), start={"learning_rate": 1e-4}, ranges={"learning_rate": (1e-5, 0.05)}
+    )
     trace = jax.jit(online_tune, static_argnums=(2,), static_argnames=("num_steps", "truncation"))(
         jax.random.key(0), task, space, space.init(), num_steps=200, truncation=10, outer_lr=0.3
     )

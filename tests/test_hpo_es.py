@@ -47,8 +47,17 @@ def test_es_estimators_match_the_closed_form_hypergradient(method):
     fd = float((_closed_form_objective(task, u + d) - _closed_form_objective(task, u - d)) / (2 * d))
     np.testing.assert_allclose(closed, fd, rtol=1e-3)
     truncations = 1 if method == "es" else 4
-    est = hparam_estimator(method, space, family, static, num_particles=256, truncation_length=H // truncations,
-                           horizon=(H, H), stagger=False, meta_clip=1e3)  # fmt: skip
+    est = hparam_estimator(
+        method,
+        space,
+        family,
+        static,
+        num_particles=256,
+        truncation_length=H // truncations,
+        horizon=(H, H),
+        stagger=False,
+        meta_clip=1e3,
+    )
     hp = {"sigma": jnp.float32(0.05)}
     estimate = jax.jit(est.estimate)
     grads = []

@@ -5,9 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt.hpo import HParamSpace, cg_solve, check_ift_hparams, ift_hypergrad, ift_hypergrad_task, neumann_solve
-from lopt.hpo.unrolled import meta_loss
+from lopt.hpo import (
+    HParamSpace,
+    cg_solve,
+    check_ift_hparams,
+    ift_hypergrad,
+    ift_hypergrad_task,
+    neumann_solve,
+)
 from lopt.hpo.implicit import regularized_train_loss
+from lopt.hpo.unrolled import meta_loss
 from lopt.tasks import TaskConfig
 from lopt.tasks.regression import LinearRegression, LinearRegressionStatic
 from lopt.validate import ConfigError
@@ -37,8 +44,8 @@ def test_ift_matches_ridge_closed_form(solver):
     x, y, xv, yv = _ridge()
     n, d = x.shape
     lam = jnp.float32(0.3)
-    train = lambda w, lam: 0.5 * jnp.mean((x @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)  # noqa: E731
-    valid = lambda w, lam: 0.5 * jnp.mean((xv @ w - yv) ** 2)  # noqa: E731
+    train = lambda w, lam: 0.5 * jnp.mean((x @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
+    valid = lambda w, lam: 0.5 * jnp.mean((xv @ w - yv) ** 2)
     a = x.T @ x / n
 
     def w_star(lam):  # (XᵀX/N + λI)⁻¹ Xᵀy/N
@@ -50,7 +57,9 @@ def test_ift_matches_ridge_closed_form(solver):
     closed = -g_v @ jnp.linalg.solve(a + lam * jnp.eye(d), w)
     np.testing.assert_allclose(closed, jax.grad(lambda l: valid(w_star(l), l))(lam), rtol=1e-4)
     alpha = 1.0 / float(jnp.linalg.eigvalsh(a + lam * jnp.eye(d))[-1])
-    value, grad = ift_hypergrad(train, valid, w, lam, solver=solver, num_iters=d if solver == "cg" else 3000, alpha=alpha)
+    value, grad = ift_hypergrad(
+        train, valid, w, lam, solver=solver, num_iters=d if solver == "cg" else 3000, alpha=alpha
+    )
     np.testing.assert_allclose(float(value), float(valid(w, lam)), rtol=1e-6)
     np.testing.assert_allclose(float(grad), float(closed), rtol=2e-3)
 
@@ -69,13 +78,13 @@ def test_ift_on_a_task_matches_the_exact_minimizer():
         from jax.flatten_util import ravel_pytree
 
         flat, unravel = ravel_pytree(w0)
-        f = lambda v: train(unravel(v), theta)  # noqa: E731
+        f = lambda v: train(unravel(v), theta)
         return unravel(flat - jnp.linalg.solve(jax.hessian(f)(flat), jax.grad(f)(flat)))
 
     ref = jax.grad(lambda th: meta_loss(k_valid, task, newton(th)))(theta)
     _, grad = ift_hypergrad_task(key, task, space, theta, newton(theta), solver="cg", num_iters=40)
     np.testing.assert_allclose(float(grad["l2"]), float(ref["l2"]), rtol=1e-3)
-    fd_f = lambda u: meta_loss(k_valid, task, newton({"l2": u}))  # noqa: E731
+    fd_f = lambda u: meta_loss(k_valid, task, newton({"l2": u}))
     u = theta["l2"]
     np.testing.assert_allclose(float(grad["l2"]), float((fd_f(u + 1e-2) - fd_f(u - 1e-2)) / 2e-2), rtol=2e-2)
 

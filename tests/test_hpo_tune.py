@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 
 from lopt.cli import main
-from lopt.hpo.tune import TuneConfig, run_tune, search_points, parse_space
+from lopt.hpo.tune import TuneConfig, parse_space, run_tune, search_points
 
 
 def _run(tmp_path, task="nqm", **kw):
-    cfg = TuneConfig(**{"optimizer": "sgd", "num_steps": 40, "num_seeds": 2, "grid_size": 6,
-                        "out": str(tmp_path), **kw})  # fmt: skip
+    cfg = TuneConfig(
+        **{"optimizer": "sgd", "num_steps": 40, "num_seeds": 2, "grid_size": 6, "out": str(tmp_path), **kw}
+    )
     return cfg, run_tune(task, cfg)
 
 
 def test_grid_records_diverging_trials_and_writes_results(tmp_path):
-    cfg, out = _run(tmp_path, method="grid", ranges="learning_rate=1e-3:10", budget=400, compare=False)
-    on_disk = json.load(open(tmp_path / "results.json"))
+    _, out = _run(tmp_path, method="grid", ranges="learning_rate=1e-3:10", budget=400, compare=False)
+    with open(tmp_path / "results.json") as f:
+        on_disk = json.load(f)
     assert on_disk["final"] == out["final"] and os.path.getsize(tmp_path / "tune.png") > 1000
     lrs = [r["hparams"]["learning_rate"] for r in out["trajectory"]]
     np.testing.assert_allclose(lrs, [1e-3, 1e-2, 1e-1, 1.0, 10.0], rtol=1e-5)  # 400 steps: 5 runs of 2 x 40
@@ -30,7 +32,7 @@ def test_grid_records_diverging_trials_and_writes_results(tmp_path):
 
 
 def test_pes_stays_in_range_within_budget_beside_equal_compute_searches(tmp_path):
-    cfg, out = _run(tmp_path, method="pes", truncation=10, num_particles=2, budget=1200, outer_lr=0.3)
+    _, out = _run(tmp_path, method="pes", truncation=10, num_particles=2, budget=1200, outer_lr=0.3)
     lo, hi = out["space"]["learning_rate"]["range"]
     for row in out["trajectory"]:
         assert lo * (1 - 1e-5) <= row["hparams"]["learning_rate"] <= hi * (1 + 1e-5)
@@ -44,8 +46,13 @@ def test_pes_stays_in_range_within_budget_beside_equal_compute_searches(tmp_path
 
 
 def test_search_points_grid_is_a_product_in_log_space():
-    space = parse_space(TuneConfig(optimizer="momentum", hparams="learning_rate,momentum",
-                                   ranges="learning_rate=1e-4:1,momentum=0:0.99"))  # fmt: skip
+    space = parse_space(
+        TuneConfig(
+            optimizer="momentum",
+            hparams="learning_rate,momentum",
+            ranges="learning_rate=1e-4:1,momentum=0:0.99",
+        )
+    )
     pts = search_points(space, 9, "grid")
     assert sorted(set(np.round(pts["learning_rate"], 6))) == pytest.approx([1e-4, 1e-2, 1.0], rel=1e-4)
     assert sorted(set(np.round(pts["momentum"], 6))) == pytest.approx([0.0, 0.9, 0.99], abs=1e-4)

@@ -9,7 +9,14 @@ import pytest
 
 from lopt.hpo import HParamSpace, unrolled_hypergrad
 from lopt.tasks import TaskConfig, get_family
-from lopt.tasks.nqm import NQM, NQMStatic, curvatures, expected_losses, sgd_expected_loss, task_expected_losses
+from lopt.tasks.nqm import (
+    NQM,
+    NQMStatic,
+    curvatures,
+    expected_losses,
+    sgd_expected_loss,
+    task_expected_losses,
+)
 
 
 def _task(dim=16, batch_size=4, seed=0):
@@ -80,9 +87,11 @@ def test_lr_hypergradient_matches_closed_form(optimizer, momentum):
     )
     if optimizer == "sgd":  # the textbook formula agrees
         h = curvatures(16, task.dynamic["exponent"])
-        textbook = jax.grad(lambda u: sgd_expected_loss(h, task.dynamic["x0"], jnp.exp(u), 8, steps))(theta["learning_rate"])
+        textbook = jax.grad(lambda u: sgd_expected_loss(h, task.dynamic["x0"], jnp.exp(u), 8, steps))(
+            theta["learning_rate"]
+        )
         np.testing.assert_allclose(float(closed), float(textbook), rtol=1e-4)
-    one = lambda k: unrolled_hypergrad(k, task, space, theta, steps, "test", 1)[1]["learning_rate"]  # noqa: E731
+    one = lambda k: unrolled_hypergrad(k, task, space, theta, steps, "test", 1)[1]["learning_rate"]
     grads = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(3), num))  # (S,) sampled hypergradients
     mean, se = float(jnp.mean(grads)), float(jnp.std(grads)) / np.sqrt(num)
     assert abs(mean - float(closed)) < 4 * se, (mean, float(closed), se)
@@ -97,7 +106,9 @@ def test_expected_losses_with_a_schedule_differentiates_per_step():
     # a step's rate changes the final loss in the same way as the chain of one-step maps
     eps = 1e-3
     bumped = task_expected_losses(task, lrs.at[5].add(eps))[-1]
-    np.testing.assert_allclose(float(g[5]), float((bumped - task_expected_losses(task, lrs)[-1]) / eps), rtol=2e-2)
+    np.testing.assert_allclose(
+        float(g[5]), float((bumped - task_expected_losses(task, lrs)[-1]) / eps), rtol=2e-2
+    )
 
 
 def test_expected_losses_rejects_nothing_and_is_finite_when_diverging():

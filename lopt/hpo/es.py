@@ -85,10 +85,14 @@ class FixedTask(TaskFamily):
         return self.family.metrics(params, key, batch, task)
 
 
-def hparam_estimator(method: str, space: HParamSpace, family: TaskFamily, static: Any, **fields: Any) -> GradientEstimator:
+def hparam_estimator(
+    method: str, space: HParamSpace, family: TaskFamily, static: Any, **fields: Any
+) -> GradientEstimator:
     """The estimator ``method`` (one of `ES_METHODS`) with theta = ``space``'s log-hyperparameters;
     ``fields`` are `GradientEstimator` fields (num_particles, truncation_length, horizon, ...)."""
     if method not in ES_METHODS:
         valid = ", ".join(ES_METHODS)
-        raise ConfigError(f"method {method!r} is not an ES estimator ({valid}; registered: {', '.join(ESTIMATORS)}).")
+        raise ConfigError(
+            f"method {method!r} is not an ES estimator ({valid}; registered: {', '.join(ESTIMATORS)})."
+        )
     return get_estimator(method, learned=HParamOptimizer(space), family=family, static=static, **fields)

@@ -55,13 +55,17 @@ def check_ift_hparams(space: HParamSpace) -> None:
         if name in IFT_HPARAMS and space.optimizer in IFT_HPARAMS[name][0]:
             continue
         if name == "weight_decay":
-            why = ("decoupled weight decay's fixed point depends on the optimizer's preconditioner, not on a "
-                   "regularized training loss")  # fmt: skip
+            why = (
+                "decoupled weight decay's fixed point depends on the optimizer's preconditioner, not on a "
+                "regularized training loss"
+            )
         elif name in IFT_HPARAMS:
             why = f"{space.optimizer} does not regularize the training loss with {name}"
         else:
-            why = (f"{name} changes how the minimizer w* of the training loss is reached, not w* itself, "
-                   "so its implicit hypergradient is 0")  # fmt: skip
+            why = (
+                f"{name} changes how the minimizer w* of the training loss is reached, not w* itself, "
+                "so its implicit hypergradient is 0"
+            )
         raise ConfigError(
             f"--method ift cannot tune {name!r} of {space.optimizer}: {why}. The implicit method tunes "
             "regularization hparams: use --optimizer adam8p --hparams l2 (an L2 penalty / weight decay "
@@ -74,7 +78,9 @@ def hvp(loss: Callable[[PyTree], jax.Array], w: PyTree, v: PyTree) -> PyTree:
     return jax.jvp(jax.grad(loss), (w,), (v,))[1]
 
 
-def cg_solve(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, num_iters: int, damping: float = 0.0) -> jax.Array:
+def cg_solve(
+    matvec: Callable[[jax.Array], jax.Array], b: jax.Array, num_iters: int, damping: float = 0.0
+) -> jax.Array:
     r"""x ≈ (A + δI)⁻¹ b by ``num_iters`` conjugate-gradient iterations (flat vectors; A symmetric
     positive definite, δ = ``damping``):
 
@@ -102,7 +108,9 @@ def cg_solve(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, num_iters: 
     return x
 
 
-def neumann_solve(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, num_iters: int, alpha: float) -> jax.Array:
+def neumann_solve(
+    matvec: Callable[[jax.Array], jax.Array], b: jax.Array, num_iters: int, alpha: float
+) -> jax.Array:
     r"""x ≈ A⁻¹ b by the truncated Neumann series x = α Σ_{k=0}^{N} (I − αA)^k b, N = ``num_iters``
     (flat vectors; converges when 0 < α < 2 / λ_max(A), geometrically at rate max|1 − αλ|)."""
 
@@ -130,14 +138,18 @@ def ift_hypergrad(
     ``train_loss(w, lam)``. ``solver``: "cg" (with ``damping`` δ added to H) or "neumann" (step α)."""
     if solver not in SOLVERS:
         raise ConfigError(f"solver={solver!r} is not valid: choose one of {list(SOLVERS)}.")
-    flat_w, unravel = ravel_pytree(w)
+    _, unravel = ravel_pytree(w)
     value, (v_w, v_lam) = jax.value_and_grad(valid_loss, argnums=(0, 1))(w, lam)
     v = ravel_pytree(v_w)[0]
 
     def matvec(x):  # H x on flat vectors
         return ravel_pytree(hvp(lambda p: train_loss(p, lam), w, unravel(x)))[0]
 
-    q = cg_solve(matvec, v, num_iters, damping) if solver == "cg" else neumann_solve(matvec, v, num_iters, alpha)
+    q = (
+        cg_solve(matvec, v, num_iters, damping)
+        if solver == "cg"
+        else neumann_solve(matvec, v, num_iters, alpha)
+    )
 
     def cross(lam):  # ∇_w L_T(w, λ) · q, whose λ-gradient is (∂²L_T/∂λ∂w)ᵀ q
         return jnp.vdot(ravel_pytree(jax.grad(train_loss)(w, lam))[0], jax.lax.stop_gradient(q))
@@ -179,5 +191,7 @@ def ift_hypergrad_task(
     L_T = `regularized_train_loss` and L_V the mean loss on ``num_batches`` batches of ``split``."""
     k_train, k_valid = jax.random.split(key)
     train_loss = regularized_train_loss(k_train, task, space, num_batches)
-    valid = lambda p, th: meta_loss(k_valid, task, p, split, num_batches)  # noqa: E731 -- no λ in L_V
-    return ift_hypergrad(train_loss, valid, w, theta, solver=solver, num_iters=num_iters, damping=damping, alpha=alpha)
+    valid = lambda p, th: meta_loss(k_valid, task, p, split, num_batches)
+    return ift_hypergrad(
+        train_loss, valid, w, theta, solver=solver, num_iters=num_iters, damping=damping, alpha=alpha
+    )

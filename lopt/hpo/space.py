@@ -86,7 +86,7 @@ class HParamSpace:
         start: Mapping[str, float] | None = None,
         ranges: Mapping[str, tuple[float, float]] | None = None,
         fixed: Mapping[str, float] | None = None,
-    ) -> "HParamSpace":
+    ) -> HParamSpace:
         """The space of ``names`` of baseline ``optimizer``.
 
         ``start`` defaults to the baseline's defaults (a decay range never contains 1 and a zero
@@ -104,7 +104,9 @@ class HParamSpace:
                 raise ConfigError(f"{optimizer} has no hparam {name!r}; valid hparams are: {valid}.")
         for name in (*start, *ranges):
             if name not in names:
-                raise ConfigError(f"{name!r} has a start value or range but is not tuned; add it to the hparams.")
+                raise ConfigError(
+                    f"{name!r} has a start value or range but is not tuned; add it to the hparams."
+                )
         if len(set(names)) != len(names):
             raise ConfigError(f"hparams {list(names)} name one hyperparameter twice.")
         rows = []

@@ -104,7 +104,9 @@ def online_tune(
 
     def window(carry, k):
         theta, outer_state, state = carry
-        loss, grad, state, losses = truncated_hypergrad(k, task, space, theta, state, truncation, split, num_batches)
+        loss, grad, state, losses = truncated_hypergrad(
+            k, task, space, theta, state, truncation, split, num_batches
+        )
         grad = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grad)  # a diverged window: no step
         updates, outer_state = outer.update(grad, outer_state, theta)
         new_theta = space.project(optax.apply_updates(theta, updates))

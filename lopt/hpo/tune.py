@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.hpo.es import ES_METHODS, FixedTask, hparam_estimator
+from lopt.hpo.es import FixedTask, hparam_estimator
 from lopt.hpo.implicit import check_ift_hparams, ift_hypergrad_task
 from lopt.hpo.space import HParamSpace, kind
 from lopt.hpo.truncated import online_tune
@@ -72,7 +72,9 @@ class TuneConfig:
     hparams: str = "learning_rate"  # comma-separated hparams to tune, e.g. learning_rate,weight_decay
     method: str = "pes"  # pes | es | nres | unrolled | truncated | ift | grid | random
     start: str = ""  # start values, e.g. "learning_rate=1e-3" (default: the baseline's defaults)
-    ranges: str = ""  # search ranges, e.g. "learning_rate=1e-6:0.1" (default: DEFAULT_RANGES, else valid ranges)
+    ranges: str = (
+        ""  # search ranges, e.g. "learning_rate=1e-6:0.1" (default: DEFAULT_RANGES, else valid ranges)
+    )
     num_steps: int = 1000  # T: inner steps of one training run (what the tuned hparams are for)
     num_seeds: int = 3  # seeds of every full run (grid points, random draws, final evaluation)
     grid_size: int = 15  # G: the reference grid's points; the default budget is G * seeds * T / 3
@@ -98,7 +100,12 @@ class TuneConfig:
         check_range("budget", self.budget, 0, 10**13)
         check_range("outer_lr", self.outer_lr, 0.0, 100.0)
         check_range("num_particles", self.num_particles, 1, 100_000)
-        check_range("truncation", self.truncation, 1, self.num_steps if self.method in ("pes", "nres", "truncated") else 10**9)
+        check_range(
+            "truncation",
+            self.truncation,
+            1,
+            self.num_steps if self.method in ("pes", "nres", "truncated") else 10**9,
+        )
         check_range("sigma", self.sigma, 1e-6, 10.0)
 
     def default_budget(self) -> int:
@@ -125,7 +132,9 @@ def parse_space(cfg: TuneConfig) -> HParamSpace:
             lo, hi = v.split(":")
             ranges[k] = (float(lo), float(hi))
     except ValueError as e:
-        raise ConfigError(f"--start/--ranges: {e} (write learning_rate=1e-3 and learning_rate=1e-5:1).") from None
+        raise ConfigError(
+            f"--start/--ranges: {e} (write learning_rate=1e-3 and learning_rate=1e-5:1)."
+        ) from None
     for name in names:
         if name in DEFAULT_RANGES and name not in ranges:
             ranges[name] = DEFAULT_RANGES[name]
@@ -149,7 +158,7 @@ class Setup:
     cfg: TuneConfig
 
     @classmethod
-    def build(cls, task_name: str, cfg: TuneConfig) -> "Setup":
+    def build(cls, task_name: str, cfg: TuneConfig) -> Setup:
         space = parse_space(cfg)  # bad input fails before any data is loaded
         family = get_family(task_name)
         static = family.sample_static(jax.random.split(jax.random.key(cfg.task_seed))[0])
@@ -183,10 +192,15 @@ def _clean(grad):
 def _es_method(setup: Setup, budget: int, progress: Callable[[int], None]) -> MethodResult:
     cfg, space = setup.cfg, setup.space
     est = hparam_estimator(
-        cfg.method, space, setup.family, setup.static,
-        num_particles=cfg.num_particles, truncation_length=cfg.truncation,
-        horizon=(cfg.num_steps, cfg.num_steps), step_weights=cfg.step_weights,
-    )  # fmt: skip
+        cfg.method,
+        space,
+        setup.family,
+        setup.static,
+        num_particles=cfg.num_particles,
+        truncation_length=cfg.truncation,
+        horizon=(cfg.num_steps, cfg.num_steps),
+        step_weights=cfg.step_weights,
+    )
     per = est.inner_steps_per_estimate()
     steps = max(1, budget // per)
     outer = optax.adam(cfg.outer_lr)
@@ -197,7 +211,12 @@ def _es_method(setup: Setup, budget: int, progress: Callable[[int], None]) -> Me
     def update(key, theta, outer_state, est_state, data):
         grad, est_state, metrics = est.estimate(key, theta, est_state, hp, data=data)
         updates, outer_state = outer.update(_clean(grad), outer_state, theta)
-        return space.project(optax.apply_updates(theta, updates)), outer_state, est_state, metrics["meta_loss"]
+        return (
+            space.project(optax.apply_updates(theta, updates)),
+            outer_state,
+            est_state,
+            metrics["meta_loss"],
+        )
 
     k_init, k_run = jax.random.split(jax.random.key(cfg.seed))
     theta = space.init()
@@ -217,7 +236,9 @@ def _unrolled_method(setup: Setup, budget: int, progress) -> MethodResult:
 
     @jax.jit
     def update(key, task, theta, outer_state):
-        loss, grad = unrolled_hypergrad(key, task, space, theta, cfg.num_steps, "outer_valid", cfg.eval_batches)
+        loss, grad = unrolled_hypergrad(
+            key, task, space, theta, cfg.num_steps, "outer_valid", cfg.eval_batches
+        )
         updates, outer_state = outer.update(_clean(grad), outer_state, theta)
         return space.project(optax.apply_updates(theta, updates)), outer_state, loss
 
@@ -236,9 +257,18 @@ def _truncated_method(setup: Setup, budget: int, progress) -> MethodResult:
     k = cfg.truncation
     run_steps = cfg.num_steps // k * k
     runs = max(1, budget // run_steps)
-    fn = jax.jit(lambda key, task, theta: online_tune(key, task, space, theta, num_steps=run_steps,
-                                                      truncation=k, outer_lr=cfg.outer_lr,
-                                                      num_batches=cfg.eval_batches))  # fmt: skip
+    fn = jax.jit(
+        lambda key, task, theta: online_tune(
+            key,
+            task,
+            space,
+            theta,
+            num_steps=run_steps,
+            truncation=k,
+            outer_lr=cfg.outer_lr,
+            num_batches=cfg.eval_batches,
+        )
+    )
     theta = space.init()
     rows = [_row(setup, theta, 0)]
     windows = run_steps // k
@@ -246,7 +276,7 @@ def _truncated_method(setup: Setup, budget: int, progress) -> MethodResult:
         trace = fn(key, task, theta)
         after = jax.tree.map(lambda a, b: jnp.concatenate([a[1:], b[None]]), trace.theta, trace.final_theta)
         for j in range(windows):  # theta after window j's update
-            th = jax.tree.map(lambda x: x[j], after)
+            th = jax.tree.map(lambda x, j=j: x[j], after)
             rows.append(_row(setup, th, r * run_steps + (j + 1) * k, meta_loss=float(trace.meta_loss[j])))
         theta = trace.final_theta
         progress(run_steps)
@@ -259,13 +289,23 @@ def _ift_method(setup: Setup, budget: int, progress) -> MethodResult:
     updates_left = max(1, (budget - cfg.num_steps) // warm + 1)
     outer = optax.adam(cfg.outer_lr)
 
-    train = jax.jit(lambda key, task, theta, state, n: inner_steps(key, task, space, theta, state, n)[0],
-                    static_argnums=(4,))  # fmt: skip
+    train = jax.jit(
+        lambda key, task, theta, state, n: inner_steps(key, task, space, theta, state, n)[0],
+        static_argnums=(4,),
+    )
 
     @jax.jit
     def update(key, task, theta, outer_state, params):
-        loss, grad = ift_hypergrad_task(key, task, space, theta, params, num_batches=cfg.eval_batches,
-                                        num_iters=cfg.ift_iters, damping=cfg.ift_damping)  # fmt: skip
+        loss, grad = ift_hypergrad_task(
+            key,
+            task,
+            space,
+            theta,
+            params,
+            num_batches=cfg.eval_batches,
+            num_iters=cfg.ift_iters,
+            damping=cfg.ift_damping,
+        )
         upd, outer_state = outer.update(_clean(grad), outer_state, theta)
         return space.project(optax.apply_updates(theta, upd)), outer_state, loss
 
@@ -289,7 +329,7 @@ def search_points(space: HParamSpace, num: int, kind_: str, seed: int = 0) -> di
     hparam (``"grid"``; d = 1: ``num`` values), or log-uniform draws (``"random"``)."""
     bounds = space.bounds()
     if kind_ == "grid":
-        per = max(1, int(math.floor(num ** (1.0 / len(space.names)) + 1e-9)))
+        per = max(1, math.floor(num ** (1.0 / len(space.names)) + 1e-9))
         axes = [np.linspace(*bounds[n], per) for n in space.names]
         mesh = np.meshgrid(*axes, indexing="ij")
         us = {n: m.ravel() for n, m in zip(space.names, mesh)}
@@ -300,7 +340,9 @@ def search_points(space: HParamSpace, num: int, kind_: str, seed: int = 0) -> di
     return {n: np.asarray(v, np.float32) for n, v in values.items()}
 
 
-def run_trials(setup: Setup, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def run_trials(
+    setup: Setup, values: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Full runs of every point (``num_seeds`` seeds, `lopt.tuning.run_search`: one compiled program):
     (outer-valid score (C,), test score (C,), failed (C,), seconds)."""
     cfg = setup.cfg
@@ -308,8 +350,15 @@ def run_trials(setup: Setup, values: dict[str, np.ndarray]) -> tuple[np.ndarray,
     trials = {**{k: np.full(num, v, np.float32) for k, v in setup.space.fixed}, **values}
     search = Search(f"{cfg.optimizer}/tune", _Make(cfg.optimizer), trials)
     t0 = time.perf_counter()
-    res = run_search(setup.task, search, num_steps=cfg.num_steps, num_seeds=cfg.num_seeds,
-                     eval_every=cfg.num_steps, eval_batches=cfg.eval_batches, seed=cfg.seed)  # fmt: skip
+    res = run_search(
+        setup.task,
+        search,
+        num_steps=cfg.num_steps,
+        num_seeds=cfg.num_seeds,
+        eval_every=cfg.num_steps,
+        eval_batches=cfg.eval_batches,
+        seed=cfg.seed,
+    )
     return score(res, "outer_valid"), score(res, "test"), failed(res), time.perf_counter() - t0
 
 
@@ -335,10 +384,15 @@ def _search_method(setup: Setup, budget: int, progress) -> MethodResult:
     rows = []
     for i in range(num):
         th = {n: values[n][i] for n in setup.space.names}
-        rows.append({"inner_steps": (i + 1) * cfg.num_steps * cfg.num_seeds,
-                     "hparams": {n: float(v) for n, v in th.items()},
-                     "outer_valid": None if bad[i] else float(valid[i]),
-                     "test": None if bad[i] else float(test[i]), "diverged": bool(bad[i])})  # fmt: skip
+        rows.append(
+            {
+                "inner_steps": (i + 1) * cfg.num_steps * cfg.num_seeds,
+                "hparams": {n: float(v) for n, v in th.items()},
+                "outer_valid": None if bad[i] else float(valid[i]),
+                "test": None if bad[i] else float(test[i]),
+                "diverged": bool(bad[i]),
+            }
+        )
     progress(num * cfg.num_steps * cfg.num_seeds)
     best = _best(valid, bad)
     theta = {n: jnp.float32(_to_u(n, values[n][best])) for n in setup.space.names}
@@ -379,8 +433,13 @@ TUNERS: dict[str, Callable[[Setup, int, Callable[[int], None]], MethodResult]] =
 def _final(setup: Setup, theta) -> dict:
     values = {n: np.asarray([v], np.float32) for n, v in setup.space.describe(theta).items()}
     valid, test, bad, secs = run_trials(setup, values)
-    return {"hparams": setup.space.describe(theta), "outer_valid": None if bad[0] else float(valid[0]),
-            "test": None if bad[0] else float(test[0]), "diverged": bool(bad[0]), "seconds": secs}  # fmt: skip
+    return {
+        "hparams": setup.space.describe(theta),
+        "outer_valid": None if bad[0] else float(valid[0]),
+        "test": None if bad[0] else float(test[0]),
+        "diverged": bool(bad[0]),
+        "seconds": secs,
+    }
 
 
 def _search_summary(setup: Setup, method: str, steps: int) -> dict:
@@ -395,11 +454,20 @@ def _search_summary(setup: Setup, method: str, steps: int) -> dict:
         "num_trials": n,
         "inner_steps": n * cfg.num_steps * cfg.num_seeds,
         "seconds": secs,
-        "trials": [{"hparams": {k: float(values[k][i]) for k in values}, "outer_valid": None if bad[i] else float(valid[i]),
-                    "test": None if bad[i] else float(test[i]), "diverged": bool(bad[i])} for i in range(n)],  # fmt: skip
-        "best": {"hparams": {k: float(values[k][best]) for k in values},
-                 "outer_valid": None if bad[best] else float(valid[best]),
-                 "test": None if bad[best] else float(test[best])},  # fmt: skip
+        "trials": [
+            {
+                "hparams": {k: float(values[k][i]) for k in values},
+                "outer_valid": None if bad[i] else float(valid[i]),
+                "test": None if bad[i] else float(test[i]),
+                "diverged": bool(bad[i]),
+            }
+            for i in range(n)
+        ],
+        "best": {
+            "hparams": {k: float(values[k][best]) for k in values},
+            "outer_valid": None if bad[best] else float(valid[best]),
+            "test": None if bad[best] else float(test[best]),
+        },
     }
 
 
@@ -413,19 +481,32 @@ def run_tune(task_name: str, cfg: TuneConfig, console=None) -> dict:
     budget = cfg.default_budget()
     eval_steps = cfg.num_steps * cfg.num_seeds
     tune_budget = budget if cfg.method in ("grid", "random") else max(1, budget - eval_steps)
-    console.print(f"[bold]lopt tune[/] {setup.task.name}: {cfg.method} on {cfg.optimizer} "
-                  f"{', '.join(setup.space.names)}; budget {budget:,} inner steps")  # fmt: skip
+    console.print(
+        f"[bold]lopt tune[/] {setup.task.name}: {cfg.method} on {cfg.optimizer} "
+        f"{', '.join(setup.space.names)}; budget {budget:,} inner steps"
+    )
     console.print(dataclasses.asdict(cfg))
     t0 = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         job = bar.add_task(f"{cfg.method} (inner steps)", total=tune_budget)
         result = TUNERS[cfg.method](setup, tune_budget, lambda n: bar.advance(job, n))
     tune_seconds = time.perf_counter() - t0
     if cfg.method in ("grid", "random"):  # the search's own runs score its best trial: no extra run
         best = result.trajectory[_best(*_scores(result.trajectory))]
-        final = {"hparams": best["hparams"], "outer_valid": best["outer_valid"], "test": best["test"],
-                 "diverged": best["diverged"], "seconds": 0.0}  # fmt: skip
+        final = {
+            "hparams": best["hparams"],
+            "outer_valid": best["outer_valid"],
+            "test": best["test"],
+            "diverged": best["diverged"],
+            "seconds": 0.0,
+        }
         total = result.inner_steps
     else:
         final = _final(setup, result.theta)
@@ -434,14 +515,21 @@ def run_tune(task_name: str, cfg: TuneConfig, console=None) -> dict:
         "command": f"lopt tune {task_name}",
         "task": setup.task.name,
         "config": dataclasses.asdict(cfg),
-        "space": {n: {"start": s, "range": list(r)} for n, s, r in zip(setup.space.names, setup.space.start, setup.space.ranges)},
+        "space": {
+            n: {"start": s, "range": list(r)}
+            for n, s, r in zip(setup.space.names, setup.space.start, setup.space.ranges)
+        },
         "method": cfg.method,
         "trajectory": result.trajectory,
         "final": final,
-        "compute": {"budget": budget, "tuning_inner_steps": result.inner_steps,
-                    "eval_inner_steps": 0 if cfg.method in ("grid", "random") else eval_steps,
-                    "total_inner_steps": total, "tuning_seconds": tune_seconds,
-                    "eval_seconds": final["seconds"]},  # fmt: skip
+        "compute": {
+            "budget": budget,
+            "tuning_inner_steps": result.inner_steps,
+            "eval_inner_steps": 0 if cfg.method in ("grid", "random") else eval_steps,
+            "total_inner_steps": total,
+            "tuning_seconds": tune_seconds,
+            "eval_seconds": final["seconds"],
+        },
     }
     if cfg.compare:
         for other in ("grid", "random"):
@@ -467,13 +555,20 @@ def _print_summary(console, out: dict) -> None:
         table.add_column(col)
     f = out["final"]
     hp = ", ".join(f"{k}={v:.3g}" for k, v in f["hparams"].items())
-    table.add_row(out["method"], hp, _fmt(f["outer_valid"]), _fmt(f["test"]), f"{out['compute']['total_inner_steps']:,}")
+    table.add_row(
+        out["method"], hp, _fmt(f["outer_valid"]), _fmt(f["test"]), f"{out['compute']['total_inner_steps']:,}"
+    )
     for other in ("grid", "random"):
         if other in out:
             b = out[other]["best"]
             hp = ", ".join(f"{k}={v:.3g}" for k, v in b["hparams"].items())
-            table.add_row(f"{other} ({out[other]['num_trials']} trials)", hp, _fmt(b["outer_valid"]), _fmt(b["test"]),
-                          f"{out[other]['inner_steps']:,}")  # fmt: skip
+            table.add_row(
+                f"{other} ({out[other]['num_trials']} trials)",
+                hp,
+                _fmt(b["outer_valid"]),
+                _fmt(b["test"]),
+                f"{out[other]['inner_steps']:,}",
+            )
     console.print(table)
     console.print(f"results: {out['config']['out']}/results.json, figure: {out['config']['out']}/tune.png")
 

@@ -63,7 +63,9 @@ def inner_steps(
     return jax.lax.scan(step, state, jax.random.split(key, num_steps))
 
 
-def meta_loss(key: jax.Array, task: Task, params: PyTree, split: str = "outer_valid", num_batches: int = 4) -> jax.Array:
+def meta_loss(
+    key: jax.Array, task: Task, params: PyTree, split: str = "outer_valid", num_batches: int = 4
+) -> jax.Array:
     """L_V: the mean loss of ``params`` on ``num_batches`` batches of ``split``."""
 
     def one(k):
@@ -99,4 +101,6 @@ def unrolled_hypergrad(
 ) -> tuple[jax.Array, PyTree]:
     """(L_V, dL_V/dtheta) through the whole run of `unrolled_loss` (jit with static ``task``-free
     arguments: ``space``, ``num_steps``, ``split``, ``num_batches``)."""
-    return jax.value_and_grad(unrolled_loss, argnums=3)(key, task, space, theta, num_steps, split, num_batches)
+    return jax.value_and_grad(unrolled_loss, argnums=3)(
+        key, task, space, theta, num_steps, split, num_batches
+    )

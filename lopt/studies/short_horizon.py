@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.tasks.base import TaskConfig
-from lopt.tasks.nqm import NQM, NQMStatic, curvatures, evolve, init_moments
 from lopt.tasks.mlp import MLP
+from lopt.tasks.nqm import NQM, NQMStatic, curvatures, evolve, init_moments
 
 HORIZONS = (1, 10, 100, 1000)
 NQM_STEPS = 10_000  # T of the NQM runs
@@ -65,7 +65,9 @@ def nqm_online(h: jax.Array, x0: jax.Array, batch_size: float, horizon: int, num
     """(rates (T,), expected losses (T,)) of online tuning with ``horizon`` on the NQM, exact."""
 
     def window(m, _):
-        ahead = jax.vmap(lambda lr: evolve(h, m, jnp.full((horizon,), lr), 0.0, batch_size)[1][-1])(grid)  # (G,)
+        ahead = jax.vmap(lambda lr: evolve(h, m, jnp.full((horizon,), lr), 0.0, batch_size)[1][-1])(
+            grid
+        )  # (G,)
         lr = grid[jnp.argmin(jnp.where(jnp.isfinite(ahead), ahead, jnp.inf))]
         m, losses = evolve(h, m, jnp.full((horizon,), lr), 0.0, batch_size)
         return m, (jnp.full((horizon,), lr), losses)
@@ -83,9 +85,15 @@ def nqm_study(dim: int, batch_size: int, exponent: float, num_steps: int = NQM_S
     grid = jnp.asarray(NQM_GRID)
     rows = {}
     for k in (*[k for k in HORIZONS if k < num_steps], num_steps):
-        lrs, losses = jax.jit(nqm_online, static_argnums=(2, 3, 4))(h, x0, float(batch_size), k, num_steps, grid)
+        lrs, losses = jax.jit(nqm_online, static_argnums=(2, 3, 4))(
+            h, x0, float(batch_size), k, num_steps, grid
+        )
         rows[k] = _summary(np.asarray(lrs), float(losses[-1]))
-    return {"task": f"nqm(dim={dim}, bs{batch_size}, p={exponent:g})", "num_steps": num_steps, "horizons": rows}
+    return {
+        "task": f"nqm(dim={dim}, bs{batch_size}, p={exponent:g})",
+        "num_steps": num_steps,
+        "horizons": rows,
+    }
 
 
 # --- MLP (sampled) ----------------------------------------------------------------------------------
@@ -154,8 +162,10 @@ def table(study: dict) -> str:
     ]
     for k, r in study["horizons"].items():
         name = f"{k} (full)" if int(k) == study["num_steps"] else str(k)
-        lines.append(f"| {name} | {r['lr_chosen']:.3g} | {full['lr_chosen'] / r['lr_chosen']:.1f}x | "
-                     f"{r['lr_first']:.3g} | {r['final_loss']:.4g} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {r['lr_chosen']:.3g} | {full['lr_chosen'] / r['lr_chosen']:.1f}x | "
+            f"{r['lr_first']:.3g} | {r['final_loss']:.4g} |"
+        )
     return "\n".join(lines)
 
 
@@ -185,7 +195,9 @@ def figure(path: str, studies: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/short_horizon", help="folder for results.json, table.md, the figure")
+    parser.add_argument(
+        "--out", default="docs/short_horizon", help="folder for results.json, table.md, the figure"
+    )
     parser.add_argument("--mlp-steps", type=int, default=MLP_STEPS)
     parser.add_argument("--nqm-steps", type=int, default=NQM_STEPS)
     args = parser.parse_args(argv)
@@ -194,8 +206,12 @@ def main(argv: list[str] | None = None) -> dict:
     mlp = mlp_study(args.mlp_steps)
     seconds = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
-    out = {"command": "python -m lopt.studies.short_horizon " + " ".join(argv or []), "seconds": seconds,
-           "nqm": nqm, "mlp": mlp}  # fmt: skip
+    out = {
+        "command": "python -m lopt.studies.short_horizon " + " ".join(argv or []),
+        "seconds": seconds,
+        "nqm": nqm,
+        "mlp": mlp,
+    }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
     text = "\n\n".join(table(s) for s in [nqm[0], mlp, *nqm[1:]])

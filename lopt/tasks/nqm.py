@@ -94,7 +94,10 @@ class NQM(TaskFamily):
         }
 
     def static_extremes(self):
-        return (NQMStatic(min(self.dims), min(self.batch_sizes)), NQMStatic(max(self.dims), max(self.batch_sizes)))
+        return (
+            NQMStatic(min(self.dims), min(self.batch_sizes)),
+            NQMStatic(max(self.dims), max(self.batch_sizes)),
+        )
 
     def describe(self, static):
         return f"dim={static.dim}, bs{static.batch_size}"
@@ -162,7 +165,9 @@ def expected_losses(
     return jnp.concatenate([(0.5 * jnp.sum(h * x0**2))[None], losses])
 
 
-def sgd_expected_loss(h: jax.Array, x0: jax.Array, learning_rate: jax.Array, batch_size: float, t: int) -> jax.Array:
+def sgd_expected_loss(
+    h: jax.Array, x0: jax.Array, learning_rate: jax.Array, batch_size: float, t: int
+) -> jax.Array:
     """E[L(x_t)] of plain SGD with a constant rate, in closed form (module docstring)."""
     r2 = (1.0 - learning_rate * h) ** 2  # (n,)
     geo = jnp.where(jnp.abs(1.0 - r2) > 1e-12, (1.0 - r2**t) / (1.0 - r2), float(t))  # Σ_{k<t} r^{2k}
@@ -170,7 +175,9 @@ def sgd_expected_loss(h: jax.Array, x0: jax.Array, learning_rate: jax.Array, bat
     return 0.5 * jnp.sum(h * ex2)
 
 
-def task_expected_losses(task: Task, learning_rates: jax.Array, momentum: float | jax.Array = 0.0) -> jax.Array:
+def task_expected_losses(
+    task: Task, learning_rates: jax.Array, momentum: float | jax.Array = 0.0
+) -> jax.Array:
     """`expected_losses` of an NQM task (its curvatures, x_0 and batch size)."""
     h = curvatures(task.static.dim, task.dynamic["exponent"])
     return expected_losses(h, task.dynamic["x0"], learning_rates, momentum, task.static.batch_size)
