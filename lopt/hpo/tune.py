@@ -547,9 +547,24 @@ def _fmt(x) -> str:
     return "diverged" if x is None else f"{x:.5g}"
 
 
-def _print_summary(console, out: dict) -> None:
+def _print_summary(console, out: dict, max_rows: int = 12) -> None:
     from rich.table import Table
 
+    traj = out["trajectory"]
+    shown = traj[:: max(1, -(-len(traj) // max_rows))]
+    if shown[-1] is not traj[-1]:
+        shown.append(traj[-1])
+    names = list(out["space"])
+    steps = Table(
+        title=f"{out['method']}: hparam trajectory ({len(shown)} of {len(traj)} rows; all in results.json)"
+    )
+    for col in ("inner steps", *names, "meta_loss / outer_valid"):
+        steps.add_column(col)
+    for r in shown:
+        score = r.get("meta_loss", r.get("outer_valid"))
+        steps.add_row(f"{r['inner_steps']:,}", *(f"{r['hparams'][n]:.4g}" for n in names),
+                      "-" if score is None else f"{score:.4g}")  # fmt: skip
+    console.print(steps)
     table = Table(title=f"{out['task']}: final losses (median of {out['config']['num_seeds']} seeds)")
     for col in ("method", "hparams", "outer_valid", "test", "inner steps"):
         table.add_column(col)
