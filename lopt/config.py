@@ -46,6 +46,7 @@ class MetaTrainConfig:
     family: str = ""  # meta-train on this one task family instead of the suite ("": the suite)
     space: str = ""  # JSON kwargs restricting --family's sampling space, e.g. '{"dims": [10]}'
     num_groups: int = 4  # G: static task groups sampled at the start; compile time grows with distinct ones
+    reparam: tuple[float, float] = (0.0, 0.0)  # log10 half-widths of tasks' random global and per-tensor weight scales (0 0: off)
     group_sampling: str = "stratified"  # the groups' families: stratified (each family G/F times, +-1) or uniform draws
     groups_per_step: int = 0  # S: groups estimated per outer step, drawn anew each step (0: all G)
     num_particles: int = 8  # P: tasks per group, vmapped (ES-type estimators run 2P unrolls); 8-32
@@ -102,6 +103,8 @@ class MetaTrainConfig:
                 raise ConfigError("space is given without family: it restricts --family's sampling space.")
         check_range("num_groups", self.num_groups, 1, 1000)
         check_choice("group_sampling", self.group_sampling, GROUP_SAMPLINGS)
+        check_range("reparam[0]", self.reparam[0], 0.0, 10.0)
+        check_range("reparam[1]", self.reparam[1], 0.0, 10.0)
         check_range("groups_per_step", self.groups_per_step, 0, self.num_groups)
         check_range("num_particles", self.num_particles, 1, 1_000_000)
         check_choice("estimator", self.estimator, ESTIMATORS)

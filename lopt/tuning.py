@@ -621,6 +621,11 @@ METHODS: dict[str, Callable[[Budget], Method]] = {
         trials=1,
         doc="NAdamW, the first entry of the list (no tuning)",
     ),
+    "adam-cosine-lr-per-task": lambda b: Method(
+        "adam-cosine-lr-per-task",
+        lr_search("adam_cosine"),
+        doc="Adam with 5% warmup and cosine decay over the run, best of 15 peak learning rates on each task",
+    ),
     "lookahead-adam-lr-per-task": lambda b: Method(
         "lookahead-adam-lr-per-task",
         lr_search("adam", lookahead_k=5, lookahead_alpha=0.5),
@@ -630,6 +635,7 @@ METHODS: dict[str, Callable[[Budget], Method]] = {
 DEFAULT_METHODS = (
     "adam-lr-global",
     "adam-lr-per-task",
+    "adam-cosine-lr-per-task",
     "adam8p-per-task",
     "nadamw-list",
     "lookahead-adam-lr-per-task",

@@ -67,7 +67,7 @@ def run(opt, grads_seq):
 
     def step(carry, g):
         params, state = carry
-        updates, state = opt.update(g, state, params)
+        updates, state = opt.update(g, state, params, num_steps=STEPS)  # T, for adam_cosine
         return (optax.apply_updates(params, updates), state), None
 
     p = params0()
@@ -93,7 +93,7 @@ def test_registry_entries_are_consistent():
 
 
 def test_every_baseline_has_an_optax_reference():
-    assert set(OPTAX_ALIASES) == set(BASELINES) - {"adam8p"}
+    assert set(OPTAX_ALIASES) == set(BASELINES) - {"adam8p", "adam_cosine"}
 
 
 @pytest.mark.parametrize("name", sorted(OPTAX_ALIASES))
@@ -223,3 +223,27 @@ def test_traced_hparams_are_not_validated():
         return opt.update(jnp.ones(2), opt.init(jnp.zeros(2)), jnp.zeros(2))[0]
 
     np.testing.assert_allclose(first_update(-1.0), [1.0, 1.0])
+
+
+def test_adam_cosine_is_adam_times_the_documented_schedule():
+    """u_t = −η·s((t+1)/T)·(Adam's direction), s = warmup·cosine of `schedule`, checked by hand."""
+    import math
+
+    hp = {"learning_rate": 0.1, "warmup": 0.2, "final": 0.1}
+    grads = grad_sequence()
+    steps = STEPS
+    opt = BASELINES["adam_cosine"].make(hp)
+    adam = optax.scale_by_adam()
+    p = params0()
+    state, adam_state = opt.init(p), adam.init(p)
+    for t in range(steps):
+        g = jax.tree.map(lambda x: x[t], grads)
+        u, state = opt.update(g, state, p, num_steps=steps)
+        d, adam_state = adam.update(g, adam_state, p)
+        f = (t + 1) / steps
+        s = min(1.0, f / 0.2) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
+        for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(d)):
+            np.testing.assert_allclose(np.asarray(a), -0.1 * s * np.asarray(b), rtol=1e-5, atol=1e-9)
+        p = optax.apply_updates(p, u)
+    with pytest.raises(ValueError, match="num_steps=T"):
+        opt.update(g, state, p)

@@ -24,6 +24,7 @@ from lopt.estimators.registry import get_estimator
 from lopt.objective import group_reference
 from lopt.meta_train.outer import OuterState, outer_step
 from lopt.optimizers.learned import LearnedOptimizer, get_learned, load_theta
+from lopt.tasks.augment import Reparametrized
 from lopt.tasks.base import TaskFamily, host_rng
 from lopt.tasks.registry import get_family
 from lopt.tasks.suites import get_suite
@@ -141,6 +142,8 @@ class MetaTrainer:
             "sigma_scale": cfg.sigma_scale,
         }
         references = [group_reference(f, s, kind=cfg.loss_reference, steps=cfg.horizon[1]) for f, s, _ in groups]
+        if any(cfg.reparam):  # the same groups, their tasks' weights rescaled; L_ref stays the base task's
+            groups = [(Reparametrized(f, *cfg.reparam), s, n) for f, s, n in groups]
         estimators = tuple(
             get_estimator(cfg.estimator, learned=learned, family=f, static=s, num_particles=n * cfg.num_particles,
                           loss_reference=ref, **fields)

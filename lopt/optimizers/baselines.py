@@ -40,6 +40,8 @@ _WHY = {
     "weight_decay": "decoupled decay scales the params by (1 - η·wd) each step; it must be >= 0 and small",
     "initial_accumulator_value": "the initial sum of squared gradients must be >= 0",
     "decay_rate": "the second-moment decay is 1 - t^(-decay_rate), which needs decay_rate in [0, 1]",
+    "warmup": "the fraction of the run with a linear warmup of the learning rate, in [0, 1]",
+    "final": "the learning rate at the end of the run relative to the peak, in [0, 1]",
     "clipping_threshold": "the update's block RMS is clipped to this; it must be positive",
     "l1": "an L1 penalty weight must be >= 0",
     "l2": "an L2 penalty weight must be >= 0",
@@ -174,6 +176,55 @@ def adam8p(
     )
 
 
+# --- adam_cosine ----------------------------------------------------------------------------------
+
+
+def adam_cosine(
+    learning_rate: Any = 1e-3, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, warmup: Any = 0.05, final: Any = 0.0
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adam with a linear warmup and a cosine decay over the run: η_t = η·s((t + 1)/T).
+
+    s is the shape of the v2 learned optimizers (`lopt.optimizers.learned.schedule`): linear warmup
+    over the first ``warmup`` of training, then cosine decay to ``final``·η at t = T − 1. T reaches
+    it the way it reaches a horizon-aware learned optimizer: ``update(..., num_steps=T)``, which
+    lopt's evaluation and unroller pass; without it the update raises.
+    """
+    from lopt.optimizers.learned import schedule
+
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+
+    def init_fn(params):
+        return (adam.init(params), jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None, *, num_steps=None, **extra):
+        del extra
+        if num_steps is None:
+            raise ValueError(
+                "adam_cosine schedules its learning rate over the run: pass update(..., num_steps=T) "
+                "(lopt's evaluation does), or use adam with an optax schedule."
+            )
+        adam_state, count = state
+        direction, adam_state = adam.update(updates, adam_state, params)
+        lr = learning_rate * schedule.shape(schedule.fraction(count, num_steps), warmup, final)
+        out = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), direction)
+        return out, (adam_state, optax.safe_int32_increment(count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def bind_num_steps(tx: optax.GradientTransformation, num_steps: int) -> optax.GradientTransformationExtraArgs:
+    """``tx`` told that runs last ``num_steps`` steps: ``update`` gets ``num_steps=`` unless the caller
+    passes its own. For your own training loop around a horizon-aware optimizer (`adam_cosine`, the
+    v2 learned optimizers); lopt's evaluation and unroller pass T themselves."""
+    tx = optax.with_extra_args_support(tx)
+
+    def update_fn(updates, state, params=None, *, num_steps=None, **extra):
+        return tx.update(updates, state, params, num_steps=default if num_steps is None else num_steps, **extra)
+
+    default = num_steps
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
 # --- the registry ---------------------------------------------------------------------------------
 
 _LR = (1e-8, 10.0)
@@ -216,6 +267,14 @@ BASELINES: dict[str, Baseline] = {
         dict(_ADAM_RANGES),
         "Adam: u = −η m̂ / (√v̂ + ε) with bias-corrected moment estimates.",
         lambda learning_rate, b1, b2, eps: optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
+    ),
+    # u_t = −η s((t+1)/T) m̂ / (√v̂ + ε), s: linear warmup then cosine decay over the run's T steps
+    "adam_cosine": Baseline(
+        "adam_cosine",
+        {**_ADAM_DEFAULTS, "warmup": 0.05, "final": 0.0},
+        {**_ADAM_RANGES, "warmup": (0.0, 1.0), "final": (0.0, 1.0)},
+        "Adam with linear warmup and cosine decay over the run (needs update(..., num_steps=T)).",
+        adam_cosine,
     ),
     # u_t = −η (m̂ / (√v̂ + ε) + wd θ_t)
     "adamw": Baseline(
