@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lopt.cli import main
-from lopt.hpo.tune import TuneConfig, parse_space, run_tune, search_points
+from lopt.hpo.tune import TUNERS, TuneConfig, parse_space, run_tune, search_points
 
 
 def _run(tmp_path, task="nqm", **kw):
@@ -71,3 +71,14 @@ def test_bad_input_exits_with_a_message_that_says_what_to_change(args, expected,
     with pytest.raises(SystemExit) as e:
         main(["tune", "nqm", *args])
     assert expected in str(e.value)
+
+
+@pytest.mark.parametrize("method", sorted(TUNERS))
+def test_every_method_runs_within_its_budget(tmp_path, method):
+    extra = {"optimizer": "adam8p", "hparams": "l2", "ranges": "l2=1e-6:1"} if method == "ift" else {}
+    _, out = _run(tmp_path, method=method, num_steps=20, truncation=10, num_particles=2, budget=400,
+                  compare=False, **extra)  # fmt: skip
+    c = out["compute"]
+    assert c["total_inner_steps"] <= c["budget"] == 400
+    assert out["final"]["outer_valid"] is not None and np.isfinite(out["final"]["outer_valid"])
+    assert len(out["trajectory"]) >= 2
