@@ -208,11 +208,14 @@ class HierarchicalV2(LearnedOptimizer):
 
         def init_fn(params: Any) -> HierarchicalV2State:
             t = len(jax.tree.leaves(params))
-            zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+
+            def zeros():  # a fresh buffer per accumulator, so that a jitted step can donate the state
+                return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+
             return HierarchicalV2State(
                 count=jnp.zeros([], jnp.int32),
-                moms=tuple(zeros for _ in cfg.mom_decays),
-                rmss=tuple(zeros for _ in cfg.rms_decays),
+                moms=tuple(zeros() for _ in cfg.mom_decays),
+                rmss=tuple(zeros() for _ in cfg.rms_decays),
                 lstm_h=jnp.zeros((t, hl), jnp.float32),
                 lstm_c=jnp.zeros((t, hl), jnp.float32),
                 message=jnp.asarray(theta["message0"], jnp.float32),
