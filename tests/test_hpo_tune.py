@@ -22,6 +22,8 @@ def test_grid_records_diverging_trials_and_writes_results(tmp_path):
     with open(tmp_path / "results.json") as f:
         on_disk = json.load(f)
     assert on_disk["final"] == out["final"] and os.path.getsize(tmp_path / "tune.png") > 1000
+    with open(tmp_path / "config.json") as f:  # the resolved config, written before the run starts
+        assert json.load(f)["config"] == on_disk["config"] and on_disk["config"]["budget"] == 400
     lrs = [r["hparams"]["learning_rate"] for r in out["trajectory"]]
     np.testing.assert_allclose(lrs, [1e-3, 1e-2, 1e-1, 1.0, 10.0], rtol=1e-5)  # 400 steps: 5 runs of 2 x 40
     diverged = [r["diverged"] for r in out["trajectory"]]
@@ -76,8 +78,16 @@ def test_bad_input_exits_with_a_message_that_says_what_to_change(args, expected,
 @pytest.mark.parametrize("method", sorted(TUNERS))
 def test_every_method_runs_within_its_budget(tmp_path, method):
     extra = {"optimizer": "adam8p", "hparams": "l2", "ranges": "l2=1e-6:1"} if method == "ift" else {}
-    _, out = _run(tmp_path, method=method, num_steps=20, truncation=10, num_particles=2, budget=400,
-                  compare=False, **extra)  # fmt: skip
+    _, out = _run(
+        tmp_path,
+        method=method,
+        num_steps=20,
+        truncation=10,
+        num_particles=2,
+        budget=400,
+        compare=False,
+        **extra,
+    )
     c = out["compute"]
     assert c["total_inner_steps"] <= c["budget"] == 400
     assert out["final"]["outer_valid"] is not None and np.isfinite(out["final"]["outer_valid"])

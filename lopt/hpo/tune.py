@@ -72,19 +72,21 @@ class TuneConfig:
     hparams: str = "learning_rate"  # comma-separated hparams to tune, e.g. learning_rate,weight_decay
     method: str = "pes"  # pes | es | nres | unrolled | truncated | ift | grid | random
     start: str = ""  # start values, e.g. "learning_rate=1e-3" (default: the baseline's defaults)
-    ranges: str = (
-        ""  # search ranges, e.g. "learning_rate=1e-6:0.1" (default: DEFAULT_RANGES, else valid ranges)
-    )
+    # search ranges, e.g. "learning_rate=1e-6:0.1" (default: DEFAULT_RANGES, else valid ranges)
+    ranges: str = ""
     num_steps: int = 1000  # T: inner steps of one training run (what the tuned hparams are for)
     num_seeds: int = 3  # seeds of every full run (grid points, random draws, final evaluation)
     grid_size: int = 15  # G: the reference grid's points; the default budget is G * seeds * T / 3
     budget: int = 0  # inner steps the method may spend (tuning + final evaluation); 0: the default
     task_seed: int = 0  # the task: TASK's family sampled from this seed (static and dynamic values)
     seed: int = 0  # randomness of the method (batches, perturbations, draws)
-    outer_lr: float = 0.1  # Adam's step on theta (log-hparams) per hypergradient; 0.1 ≈ x1.1 per step
-    num_particles: int = 8  # es/pes/nres: P antithetic pairs per estimate
-    truncation: int = 100  # pes/nres/truncated: K inner steps per estimate / online update
-    sigma: float = 0.2  # es/pes/nres: σ of the perturbations of log-hparams (0.2: ±20%)
+    # es/pes/nres defaults measured in benchmarks/hpo.py (BENCHMARKS.md, issue 14): P = 2, K = 50, outer
+    # lr 0.15, σ 0.3 reach a 15-point lr grid within 0.3% on 2 of 3 tasks at a third of its steps;
+    # P = 8, K = 100 makes ~8 outer steps in the default budget and barely moves the rate.
+    outer_lr: float = 0.15  # Adam's step on theta (log-hparams) per hypergradient; 0.15 ≈ x1.16 per step
+    num_particles: int = 2  # es/pes/nres: P antithetic pairs per estimate
+    truncation: int = 50  # pes/nres/truncated: K inner steps per estimate / online update
+    sigma: float = 0.3  # es/pes/nres: σ of the perturbations of log-hparams (0.3: ±35%)
     step_weights: str = "final"  # es/pes/nres: which steps' losses count (lopt.unroll): final quarter
     ift_iters: int = 50  # ift: CG iterations of the inverse-Hessian-vector product
     ift_damping: float = 1e-3  # ift: δ added to the Hessian (a non-convex task's is not PD)
@@ -485,7 +487,10 @@ def run_tune(task_name: str, cfg: TuneConfig, console=None) -> dict:
         f"[bold]lopt tune[/] {setup.task.name}: {cfg.method} on {cfg.optimizer} "
         f"{', '.join(setup.space.names)}; budget {budget:,} inner steps"
     )
-    console.print(dataclasses.asdict(cfg))
+    os.makedirs(cfg.out, exist_ok=True)  # the resolved config goes beside the outputs, not the screen
+    with open(os.path.join(cfg.out, "config.json"), "w") as f:
+        json.dump({"command": f"lopt tune {task_name}", "config": dataclasses.asdict(cfg)}, f, indent=1)
+    console.print(f"config: {os.path.join(cfg.out, 'config.json')}")
     t0 = time.perf_counter()
     with Progress(
         TextColumn("{task.description}"),
@@ -535,7 +540,6 @@ def run_tune(task_name: str, cfg: TuneConfig, console=None) -> dict:
         for other in ("grid", "random"):
             if other != cfg.method:
                 out[other] = _search_summary(setup, other, total)
-    os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
     tune_figure(os.path.join(cfg.out, "tune.png"), out)
@@ -562,8 +566,11 @@ def _print_summary(console, out: dict, max_rows: int = 12) -> None:
         steps.add_column(col)
     for r in shown:
         score = r.get("meta_loss", r.get("outer_valid"))
-        steps.add_row(f"{r['inner_steps']:,}", *(f"{r['hparams'][n]:.4g}" for n in names),
-                      "-" if score is None else f"{score:.4g}")  # fmt: skip
+        steps.add_row(
+            f"{r['inner_steps']:,}",
+            *(f"{r['hparams'][n]:.4g}" for n in names),
+            "-" if score is None else f"{score:.4g}",
+        )
     console.print(steps)
     table = Table(title=f"{out['task']}: final losses (median of {out['config']['num_seeds']} seeds)")
     for col in ("method", "hparams", "outer_valid", "test", "inner steps"):
@@ -610,7 +617,11 @@ def tune_figure(path: str, out: dict) -> None:
         trials = out.get(other, {}).get("trials", [])
         if out["method"] == other:
             trials = [dict(r, test=None) for r in traj]
-        pts = [(t["hparams"][n], t["outer_valid"]) for t in trials if t.get("outer_valid") is not None]
+        pts = [
+            (t["hparams"][n], t["outer_valid"])  # pyright: ignore[reportOptionalSubscript]
+            for t in trials
+            if t.get("outer_valid") is not None
+        ]
         if pts:
             axes[1].scatter(*zip(*pts), marker=marker, label=other)
     if out["final"]["outer_valid"] is not None:
