@@ -7,6 +7,8 @@ import pytest
 from lopt.tasks import SUITES, get_suite
 from lopt.validate import UnknownNameError
 
+pytestmark = pytest.mark.strict_promotion
+
 
 @pytest.mark.parametrize("train_suite", ["train", "train_nn"])
 def test_train_and_test_suites_share_no_family_dataset_pair(train_suite):

@@ -11,6 +11,7 @@ import pytest
 
 from lopt import tuning
 from lopt.evaluate import Curves
+from lopt.optimizers import get_baseline
 from lopt.tasks import get_family
 from lopt.tuning import (
     CLIP,
@@ -175,7 +176,7 @@ def test_adam8p_search_samples_taskset_space_rescaled():
     assert t["exponential_decay"].max() <= 1e-2 * 1.001
     assert np.log10(t["l1"]).std() > 1.5  # log-uniform over 9 decades
     for i in range(5):  # every sample is a valid adam8p setting
-        tuning.get_baseline("adam8p").resolve(s.describe(i))
+        get_baseline("adam8p").resolve(s.describe(i))
     np.testing.assert_array_equal(adam8p_search(200, 1000, 3).trials["eps"], t["eps"])  # reproducible
 
 
@@ -200,13 +201,13 @@ def test_cache_returns_identical_numbers_without_rerunning(tmp_path, monkeypatch
     task = family.task(family.sample(jax.random.key(0)))
     search = tuning.lr_search("sgd", [0.01, 0.1])
     calls = []
-    real = tuning.timed
+    real = tuning.cache.timed
 
     def counting(*args, **kw):
         calls.append(1)
         return real(*args, **kw)
 
-    monkeypatch.setattr(tuning, "timed", counting)
+    monkeypatch.setattr(tuning.cache, "timed", counting)
     run = {"num_steps": 8, "num_seeds": 2, "eval_every": 4, "cache": str(tmp_path)}
     first = tuning.run_search(task, search, **run)
     second = tuning.run_search(task, search, **run)
@@ -231,7 +232,7 @@ def test_fixed_search_runs_a_plain_optax_optimizer_like_evaluate():
     opt = optax.sgd(0.1)
     method = Method("mine", tuning.fixed_search("mine", opt), "fixed")
     res = tuning.run_search(task, method.search, num_steps=8, num_seeds=2, eval_every=4)
-    ref = evaluate(tuning._run_key(task, 0), task, opt, num_steps=8, num_seeds=2, eval_every=4)
+    ref = evaluate(tuning.cache._run_key(task, 0), task, opt, num_steps=8, num_seeds=2, eval_every=4)
     np.testing.assert_allclose(res.curves.train_loss[0], ref.train_loss, rtol=1e-6)
     np.testing.assert_allclose(res.curves.eval["test"]["loss"][0], ref.eval["test"]["loss"], rtol=1e-6)
 

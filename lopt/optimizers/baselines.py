@@ -92,7 +92,7 @@ class Baseline:
 
 def _check_value(baseline: str, key: str, value: Any, bounds: tuple[float, float]) -> None:
     """Validate one concrete hparam value; tracers pass through unchecked."""
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
         return
     try:
         array = np.asarray(value)
@@ -180,7 +180,12 @@ def adam8p(
 
 
 def adam_cosine(
-    learning_rate: Any = 1e-3, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, warmup: Any = 0.05, final: Any = 0.0
+    learning_rate: Any = 1e-3,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    warmup: Any = 0.05,
+    final: Any = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with a linear warmup and a cosine decay over the run: η_t = η·s((t + 1)/T).
 
@@ -219,13 +224,69 @@ def bind_num_steps(tx: optax.GradientTransformation, num_steps: int) -> optax.Gr
     tx = optax.with_extra_args_support(tx)
 
     def update_fn(updates, state, params=None, *, num_steps=None, **extra):
-        return tx.update(updates, state, params, num_steps=default if num_steps is None else num_steps, **extra)
+        return tx.update(
+            updates, state, params, num_steps=default if num_steps is None else num_steps, **extra
+        )
 
     default = num_steps
     return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 # --- the registry ---------------------------------------------------------------------------------
+
+# --- NAdamW with warmup, a constant phase and cosine decay (the ordered NAdamW list, lopt.tuning) ---
+
+NADAMW_KEYS = (
+    "learning_rate",
+    "b1",
+    "b2",
+    "eps",
+    "weight_decay",
+    "l2",
+    "warmup_fraction",
+    "constant_fraction",
+    "min_lr_mult",
+)
+
+
+def nadamw_schedule(h: dict) -> Callable[[jax.Array], jax.Array]:
+    r"""η_t = η · min(1, (t+1)/(w T)) · (m + (1−m) · ½(1 + cos(π · clip((t − cT)/(T − cT), 0, 1)))),
+    with w = warmup_fraction, c = constant_fraction, m = min_lr_mult, T = num_steps."""
+    T = jnp.asarray(h["num_steps"], jnp.float32)
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.float32)
+        warm = jnp.minimum(1.0, (t + 1.0) / jnp.maximum(h["warmup_fraction"] * T, 1.0))
+        start = h["constant_fraction"] * T
+        frac = jnp.clip((t - start) / jnp.maximum(T - start, 1.0), 0.0, 1.0)
+        decay = h["min_lr_mult"] + (1.0 - h["min_lr_mult"]) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return h["learning_rate"] * warm * decay
+
+    return schedule
+
+
+def nadamw_cosine(h: dict) -> optax.GradientTransformationExtraArgs:
+    r"""NAdamW with linear warmup, a constant phase and cosine decay (opt_list's NadamWCosineDecay).
+
+    .. math::
+        \tilde g = g + l_2 θ; \quad m, v \text{ as in Adam on } \tilde g; \quad
+        u_t = −η_t \left(\frac{β_1 \hat m_t + (1−β_1) \tilde g_t/(1−β_1^{t+1})}{\sqrt{\hat v_t} + ε}
+              + wd · θ_t\right)
+
+    with η_t from `nadamw_schedule`. ``h`` holds `NADAMW_KEYS` and ``num_steps``; values may be traced.
+
+    References: Metz, Maheswaranathan, Sun, Freeman, Poole, Sohl-Dickstein 2020, "Using a thousand
+    optimization tasks to learn hyperparameter search strategies", arXiv:2002.11887 (opt_list).
+    """
+    return optax.with_extra_args_support(
+        optax.chain(
+            optax.add_decayed_weights(h["l2"]),
+            optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"], nesterov=True),
+            optax.add_decayed_weights(h["weight_decay"]),
+            optax.scale_by_learning_rate(nadamw_schedule(h)),
+        )
+    )
+
 
 _LR = (1e-8, 10.0)
 _BETA1 = (0.0, 0.9999)

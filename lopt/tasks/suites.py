@@ -10,13 +10,14 @@ held-out suite measures generalization to unseen architectures and unseen data.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
 from lopt.tasks.base import Task, TaskConfig, TaskFamily
 from lopt.tasks.registry import get_family
-from lopt.validate import unknown_name
+from lopt.validate import ConfigError, unknown_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +39,52 @@ class Suite:
         family = families[int(jax.random.randint(key_family, (), 0, len(families)))]
         return family, family.sample(key_cfg)
 
-    def tasks(self, per_family: int = 1, seed: int = 0) -> list[Task]:
-        """A fixed list of ``per_family`` tasks per family (reproducible from ``seed``)."""
+    def tasks(
+        self,
+        per_family: int = 1,
+        seed: int = 0,
+        *,
+        candidates: int = 0,
+        cost: Callable[[Task], Any] | None = None,
+        families: Sequence[str] = (),
+        unique: bool = False,
+        by_cost: bool = False,
+    ) -> list[Task]:
+        """A fixed list of ``per_family`` tasks per family, reproducible from ``seed``: the one way
+        every part of lopt picks tasks from a suite.
+
+        Family i (its index in the suite, whether or not ``families`` keeps it) draws
+        n = max(``candidates``, ``per_family``) tasks from ``fold_in(key(seed), i)``; with ``unique``
+        a repeated task name is dropped. When more than ``per_family`` remain, the ``per_family`` of
+        lowest ``cost`` (default: the parameter count) are kept, in sampling order, or in cost order
+        with ``by_cost`` (which sorts even when nothing is dropped). ``families`` restricts the
+        families (empty: all); a name not in the suite raises.
+        """
+        all_families = self.families()
+        have = sorted({f.name for f in all_families})
+        for name in families:
+            if name not in have:
+                raise ConfigError(
+                    f"families contains {name!r}, which is not in suite {self.name!r}: choose from {have}."
+                )
+        cost = cost or (lambda t: t.num_params())
+        n = max(candidates, per_family)
         out = []
-        for i, family in enumerate(self.families()):
-            keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), i), per_family)
-            out.extend(family.task(family.sample(k)) for k in keys)
+        for i, family in enumerate(all_families):
+            if families and family.name not in families:
+                continue
+            keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), i), n)
+            options = [family.task(family.sample(k)) for k in keys]
+            if unique:  # the first task of each name, in sampling order
+                first: dict[str, Task] = {}
+                for t in options:
+                    first.setdefault(t.name, t)
+                options = list(first.values())
+            if len(options) > per_family or by_cost:
+                costs = [cost(t) for t in options]
+                keep = sorted(range(len(options)), key=lambda j: costs[j])[:per_family]
+                options = [options[j] for j in (keep if by_cost else sorted(keep))]
+            out.extend(options)
         return out
 
     def pairs(self) -> set[tuple[str, str]]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-
 from lopt.tasks.base import Task
 from lopt.tasks.suites import get_suite
 from lopt.validate import ConfigError, check_range, unknown_name
@@ -39,8 +37,10 @@ class ValidationSuite:
 
     def __post_init__(self):
         if self.suite == HELD_OUT:
-            raise ConfigError(f"validation suite {self.name!r} draws from {HELD_OUT!r}, the held-out suite: "
-                              "choose a training suite (train_nn or train).")  # fmt: skip
+            raise ConfigError(
+                f"validation suite {self.name!r} draws from {HELD_OUT!r}, the held-out suite: "
+                "choose a training suite (train_nn or train)."
+            )
         get_suite(self.suite)
         check_range("per_family", self.per_family, 1, 100)
         check_range("draws", self.draws, self.per_family, 1000)
@@ -51,18 +51,15 @@ class ValidationSuite:
 
     def tasks(self) -> list[Task]:
         """The suite's tasks, family by family, smallest first within a family (reproducible)."""
-        out = []
-        for i, family in enumerate(get_suite(self.suite).families()):
-            if self.families and family.name not in self.families:
-                continue
-            keys = jax.random.split(jax.random.fold_in(jax.random.key(self.seed), i), self.draws)
-            candidates, seen = [], set()
-            for k in keys:
-                task = family.task(family.sample(k))
-                if task.name not in seen:
-                    seen.add(task.name)
-                    candidates.append(task)
-            out.extend(sorted(candidates, key=lambda t: (t.num_params(), t.name))[: self.per_family])
+        out = get_suite(self.suite).tasks(
+            self.per_family,
+            self.seed,
+            candidates=self.draws,
+            cost=lambda t: (t.num_params(), t.name),
+            families=self.families,
+            unique=True,
+            by_cost=True,
+        )
         held_out = get_suite(HELD_OUT).pairs()
         for task in out:  # by construction of the suites; checked so a new suite cannot leak
             dataset = getattr(task.static, "dataset", "-")
@@ -96,8 +93,11 @@ VALIDATION_SUITES: dict[str, ValidationSuite] = {
             "valid-small",
             "1 task per family of train_nn (the smallest of 4 draws), T = 300, 1 seed; 2 tasks at 10 T: "
             "for quick runs and the demo, too small to choose a shipped optimizer",
-            per_family=1, steps=300, seeds=1, long_tasks=2,
-        ),  # fmt: skip
+            per_family=1,
+            steps=300,
+            seeds=1,
+            long_tasks=2,
+        ),
     )
 }
 
