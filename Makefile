@@ -6,13 +6,13 @@ LOPT := $(VENV)/bin/lopt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS := dataset-fashion-mnist bible-kjv
 
-.PHONY: setup system-deps data demo test test-all bench clean
+.PHONY: setup system-deps data demo test test-all lint format bench clean
 
 # Python packages, pinned by constraints.txt, into .venv (re-run when the project files change).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,examples,torch]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,examples,torch,lint]'
 	touch $@
 
 # Debian data packages (Fashion-MNIST, the KJV text and its `bible` decoder).
@@ -37,6 +37,17 @@ test: data
 
 test-all: data
 	LOPT_REQUIRE_DATA=1 $(PY) -m pytest -q -n 2 --dist loadfile
+
+# ruff (lint rules and the layout) and pyright (basic) on lopt/; run by .ci/run before the tests.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pyright
+
+# Apply ruff's layout and its safe fixes.
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: setup
 	$(PY) benchmarks/tasks.py

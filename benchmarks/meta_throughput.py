@@ -10,14 +10,15 @@ loss on an outer-valid batch) times the inner-step rate, divided by this machine
 float32 matmul rate, is the fraction of the FLOP floor reached.
 
 Reference: google/learned_optimization (PES, its MLP optimizer, truncation 50) on this machine
-(DESIGN.md): 43k inner steps/s for 8 tasks of the 10-d quadratics, 102k for 32, 4.3k for 32 of
+(docs/design.md): 43k inner steps/s for 8 tasks of the 10-d quadratics, 102k for 32, 4.3k for 32 of
 dimension 1000; ~20 s of compilation. Targets: >= 3x those rates; first outer step <= 10 s.
 The reference's quadratics are isotropic, sum((x - c)^2): O(d) per step; the ``iso*`` rows run
 that family (`IsotropicQuadratic`, defined here) and are the like-for-like comparison. lopt's own
 ``quadratic`` family is rotated and noisy (a dense d x d rotation per task: O(d^2) per step, 4 MB
 per task read 3-4 times per inner step at d = 1000, so memory-bound there); its rows are for
 information. "init+compile s" is the wall time of `MetaTrainer.compile` (the init and outer-step
-programs compile side by side); "first step s" adds building the task groups and the first step. Its MLP-on-digits figure (1,060 inner steps/s) is for 4 static groups x 2 tasks with widths 16-64,
+programs compile side by side); "first step s" adds building the task groups and the first step.
+Its MLP-on-digits figure (1,060 inner steps/s) is for 4 static groups x 2 tasks with widths 16-64,
 depth 1-2, batch 32/128; ``--digits-mix`` runs that configuration (~1 min of compilation here).
 
 Run: .venv/bin/python benchmarks/meta_throughput.py [--rounds 7] [--steps 20] [--only q10-8 ...]
@@ -99,24 +100,74 @@ class Case:
 
 
 CASES = (
-    Case("iso10-8", "reference family: 10-d isotropic quadratics, 8 tasks", "isotropic", {"dim": 10}, 8,
-         reference=43_000),
-    Case("iso10-32", "reference family: 10-d isotropic quadratics, 32 tasks", "isotropic", {"dim": 10}, 32,
-         reference=102_000),
-    Case("iso1000-32", "reference family: 1000-d isotropic quadratics, 32 tasks", "isotropic", {"dim": 1000}, 32,
-         reference=4_300),
-    Case("q10-8", "lopt quadratic (rotated, noisy): 10-d, 8 tasks", "quadratic", {"dims": [10]}, 8, reference=43_000),
+    Case(
+        "iso10-8",
+        "reference family: 10-d isotropic quadratics, 8 tasks",
+        "isotropic",
+        {"dim": 10},
+        8,
+        reference=43_000,
+    ),
+    Case(
+        "iso10-32",
+        "reference family: 10-d isotropic quadratics, 32 tasks",
+        "isotropic",
+        {"dim": 10},
+        32,
+        reference=102_000,
+    ),
+    Case(
+        "iso1000-32",
+        "reference family: 1000-d isotropic quadratics, 32 tasks",
+        "isotropic",
+        {"dim": 1000},
+        32,
+        reference=4_300,
+    ),
+    Case(
+        "q10-8",
+        "lopt quadratic (rotated, noisy): 10-d, 8 tasks",
+        "quadratic",
+        {"dims": [10]},
+        8,
+        reference=43_000,
+    ),
     Case("q10-32", "lopt quadratic: 10-d, 32 tasks", "quadratic", {"dims": [10]}, 32, reference=102_000),
-    Case("q1000-32", "lopt quadratic: 1000-d, 32 tasks (O(d^2) per step)", "quadratic", {"dims": [1000]}, 32,
-         reference=4_300),
-    Case("digits-8", "MLP on digits (8x8, 32 relu, bs128), 8 tasks", "mlp", DIGITS_SMALL, 8,
-         reference=1_060, reference_note="ref: 4 statics x 2 tasks"),
-    Case("digits-mix", "MLP on digits, 4 statics x 2 tasks (as the reference)", "mlp", DIGITS_MIX, 2,
-         num_groups=4, reference=1_060),
-)  # fmt: skip
+    Case(
+        "q1000-32",
+        "lopt quadratic: 1000-d, 32 tasks (O(d^2) per step)",
+        "quadratic",
+        {"dims": [1000]},
+        32,
+        reference=4_300,
+    ),
+    Case(
+        "digits-8",
+        "MLP on digits (8x8, 32 relu, bs128), 8 tasks",
+        "mlp",
+        DIGITS_SMALL,
+        8,
+        reference=1_060,
+        reference_note="ref: 4 statics x 2 tasks",
+    ),
+    Case(
+        "digits-mix",
+        "MLP on digits, 4 statics x 2 tasks (as the reference)",
+        "mlp",
+        DIGITS_MIX,
+        2,
+        num_groups=4,
+        reference=1_060,
+    ),
+)
 
 
-LEGACY_OBJECTIVE = {"objective": "relative", "step_weights": "uniform", "shaping": "none", "drop_diverged": False}
+LEGACY_OBJECTIVE = {
+    "objective": "relative",
+    "step_weights": "uniform",
+    "shaping": "none",
+    "drop_diverged": False,
+}
 
 
 def make_trainer(case: Case, legacy: bool = False) -> MetaTrainer:
@@ -124,21 +175,42 @@ def make_trainer(case: Case, legacy: bool = False) -> MetaTrainer:
     (log, ramp weights, zscore shaping, dropped diverged pairs; ``legacy``: the former L/L0, uniform
     weights, no shaping); L_ref = 0 (its value costs nothing)."""
     defaults = MetaTrainConfig()
-    objective = dict(LEGACY_OBJECTIVE) if legacy else {
-        "objective": defaults.objective, "step_weights": defaults.step_weights,
-        "shaping": defaults.shaping, "drop_diverged": defaults.drop_diverged}  # fmt: skip
+    objective = (
+        dict(LEGACY_OBJECTIVE)
+        if legacy
+        else {
+            "objective": defaults.objective,
+            "step_weights": defaults.step_weights,
+            "shaping": defaults.shaping,
+            "drop_diverged": defaults.drop_diverged,
+        }
+    )
     if case.family != "isotropic":
         cfg = MetaTrainConfig(
-            family=case.family, space=json.dumps(case.space), num_groups=case.num_groups,
-            num_particles=case.num_particles, truncation_length=50, estimator="pes", horizon=(100, 1000),
-            loss_reference="zero", validate_every=0, **objective,
-        )  # fmt: skip
+            family=case.family,
+            space=json.dumps(case.space),
+            num_groups=case.num_groups,
+            num_particles=case.num_particles,
+            truncation_length=50,
+            estimator="pes",
+            horizon=(100, 1000),
+            loss_reference="zero",
+            validate_every=0,
+            **objective,
+        )
         return MetaTrainer.from_config(cfg)
     learned = get_learned("mlp")()
     family = IsotropicQuadratic(case.space["dim"])
-    est = get_estimator("pes", learned=learned, family=family, static=family.sample_static(None),
-                        num_particles=case.num_particles, truncation_length=50, horizon=(100, 1000),
-                        **objective)  # fmt: skip
+    est = get_estimator(
+        "pes",
+        learned=learned,
+        family=family,
+        static=family.sample_static(None),
+        num_particles=case.num_particles,
+        truncation_length=50,
+        horizon=(100, 1000),
+        **objective,
+    )
     return MetaTrainer(
         learned, (est,), (1.0,), outer_optimizer(MetaTrainConfig()), ({"sigma": jnp.float32(0.01)},)
     )
@@ -229,8 +301,11 @@ def main() -> None:
     parser.add_argument(
         "--digits-mix", action="store_true", help="also run the reference's digits configuration"
     )
-    parser.add_argument("--compare-legacy", action="store_true",
-                        help="also time each configuration with the former objective (L/L0, uniform, no shaping)")  # fmt: skip
+    parser.add_argument(
+        "--compare-legacy",
+        action="store_true",
+        help="also time each configuration with the former objective (L/L0, uniform, no shaping)",
+    )
     args = parser.parse_args()
     names = args.only or [c.name for c in CASES if c.name != "digits-mix" or args.digits_mix]
     console = Console(width=200)
@@ -240,11 +315,24 @@ def main() -> None:
         title=f"PES meta-training throughput, mlp optimizer, K=50, cpu; matmul {peak / 1e9:.1f} GFLOP/s; "
         f"load average {load:.1f}"
     )
-    for col in ("configuration", "inner/outer", "first step s", "init+compile s", "outer/s", "inner steps/s",
-                "reference", "x ref", "kFLOP/inner", "GFLOP/s", "of matmul"):  # fmt: skip
+    for col in (
+        "configuration",
+        "inner/outer",
+        "first step s",
+        "init+compile s",
+        "outer/s",
+        "inner steps/s",
+        "reference",
+        "x ref",
+        "kFLOP/inner",
+        "GFLOP/s",
+        "of matmul",
+    ):
         table.add_column(col, justify="left" if col == "configuration" else "right")
     rates = {}
-    for case, legacy in [(c, lg) for c in CASES for lg in ((False, True) if args.compare_legacy else (False,))]:
+    for case, legacy in [
+        (c, lg) for c in CASES for lg in ((False, True) if args.compare_legacy else (False,))
+    ]:
         if case.name not in names:
             continue
         r = measure(case, args.rounds, args.steps, legacy)

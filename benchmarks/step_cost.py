@@ -79,7 +79,9 @@ def cnn() -> dict[str, Any]:
     }
     leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
     keys = jax.random.split(jax.random.key(3), len(leaves))
-    return jax.tree.unflatten(treedef, [0.05 * jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, leaves)])
+    return jax.tree.unflatten(
+        treedef, [0.05 * jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, leaves)]
+    )
 
 
 def make_step(opt: optax.GradientTransformationExtraArgs) -> Callable:
@@ -113,7 +115,7 @@ def measure(opts: dict[str, optax.GradientTransformationExtraArgs], params: Any,
         runs[name] = [compiled, p, s, []]
         info[name] = (compile_s, float(cost.get("flops", np.nan)), float(cost.get("bytes accessed", np.nan)))
     for _ in range(rounds):
-        for name, run in runs.items():
+        for run in runs.values():
             compiled, p, s, times = run
             for _ in range(calls):
                 t0 = time.perf_counter()
@@ -141,8 +143,19 @@ def main() -> None:
         f"matmul {peak / 1e9:.1f} GFLOP/s, stream {bandwidth / 1e9:.1f} GB/s"
     )
     table = Table(title=title)
-    for col in ("params", "optimizer", "ms/step", "x adam", "compile s", "FLOP/param", "bytes/param",
-                "GFLOP/s", "of matmul", "GB/s", "of stream"):  # fmt: skip
+    for col in (
+        "params",
+        "optimizer",
+        "ms/step",
+        "x adam",
+        "compile s",
+        "FLOP/param",
+        "bytes/param",
+        "GFLOP/s",
+        "of matmul",
+        "GB/s",
+        "of stream",
+    ):
         table.add_column(col, justify="left" if col in ("params", "optimizer") else "right")
     for label, params in cases:
         n = sum(x.size for x in jax.tree.leaves(params))
@@ -154,10 +167,18 @@ def main() -> None:
         adam_s = results["adam"][0]
         for name, (sec, compile_s, flops, nbytes) in results.items():
             table.add_row(
-                f"{label} ({n:,})", name, f"{sec * 1e3:.3f}", f"{sec / adam_s:.2f}", f"{compile_s:.2f}",
-                f"{flops / n:.0f}", f"{nbytes / n:.0f}", f"{flops / sec / 1e9:.2f}", f"{flops / sec / peak:.1%}",
-                f"{nbytes / sec / 1e9:.1f}", f"{nbytes / sec / bandwidth:.0%}",
-            )  # fmt: skip
+                f"{label} ({n:,})",
+                name,
+                f"{sec * 1e3:.3f}",
+                f"{sec / adam_s:.2f}",
+                f"{compile_s:.2f}",
+                f"{flops / n:.0f}",
+                f"{nbytes / n:.0f}",
+                f"{flops / sec / 1e9:.2f}",
+                f"{flops / sec / peak:.1%}",
+                f"{nbytes / sec / 1e9:.1f}",
+                f"{nbytes / sec / bandwidth:.0%}",
+            )
         table.add_section()
     console.print(table)
 

@@ -43,8 +43,19 @@ def main() -> None:
     args = parser.parse_args()
     peak = matmul_flops_per_second()
     console = Console(width=160)
-    table = Table(title=f"Adam training steps, {jax.devices()[0].device_kind}, matmul peak {peak / 1e9:.1f} GFLOP/s")
-    for col in ("family", "representative task", "params", "steps/s", "compile s", "MFLOP/step", "GFLOP/s", "of matmul"):
+    table = Table(
+        title=f"Adam training steps, {jax.devices()[0].device_kind}, matmul peak {peak / 1e9:.1f} GFLOP/s"
+    )
+    for col in (
+        "family",
+        "representative task",
+        "params",
+        "steps/s",
+        "compile s",
+        "MFLOP/step",
+        "GFLOP/s",
+        "of matmul",
+    ):
         table.add_column(col, justify="right" if col not in ("family", "representative task") else "left")
     for name, cls in TASKS.items():
         task = profile.representative(cls())
@@ -52,8 +63,14 @@ def main() -> None:
         flops = profile.flops_per_step(task)
         rate = flops * sps
         table.add_row(
-            name, task.name, f"{task.num_params():,}", f"{sps:,.0f}", f"{compile_s:.1f}",
-            f"{flops / 1e6:.3f}", f"{rate / 1e9:.2f}", f"{rate / peak:.1%}",
+            name,
+            task.name,
+            f"{task.num_params():,}",
+            f"{sps:,.0f}",
+            f"{compile_s:.1f}",
+            f"{flops / 1e6:.3f}",
+            f"{rate / 1e9:.2f}",
+            f"{rate / peak:.1%}",
         )
     console.print(table)
 

@@ -51,7 +51,9 @@ def main(steps: int = 1000, optimizer_name: str = "pretrained", batch_size: int 
 
     key_init, key_data = jax.random.split(jax.random.key(seed))
     model = eqx.nn.MLP(28 * 28, 10, width_size=128, depth=2, activation=jax.nn.relu, key=key_init)
-    optimizer = lopt.pretrained("hierarchical-small-v1") if optimizer_name == "pretrained" else optax.adam(1e-3)
+    optimizer = (
+        lopt.pretrained("hierarchical-small-v1") if optimizer_name == "pretrained" else optax.adam(1e-3)
+    )
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
 
     @eqx.filter_jit
@@ -71,8 +73,10 @@ def main(steps: int = 1000, optimizer_name: str = "pretrained", batch_size: int 
             print(f"step {step + 1:5d}  train loss {sum(losses[-window:]) / window:.4f}")
 
     train_loss, test_accuracy = sum(losses[-window:]) / window, float(accuracy(model, test_x, test_y))
-    print(f"{optimizer_name}: train loss {train_loss:.4f} (last {window} steps), "
-          f"test accuracy {test_accuracy:.4f}")
+    print(
+        f"{optimizer_name}: train loss {train_loss:.4f} (last {window} steps), "
+        f"test accuracy {test_accuracy:.4f}"
+    )
     return {"losses": losses, "train_loss": train_loss, "test_accuracy": test_accuracy}
 
 

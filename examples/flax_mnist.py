@@ -83,8 +83,10 @@ def main(steps: int = 1000, optimizer_name: str = "pretrained", batch_size: int 
             print(f"step {step + 1:5d}  train loss {sum(losses[-window:]) / window:.4f}")
 
     train_loss, test_accuracy = sum(losses[-window:]) / window, float(accuracy(model, test_x, test_y))
-    print(f"{optimizer_name}: train loss {train_loss:.4f} (last {window} steps), "
-          f"test accuracy {test_accuracy:.4f}")
+    print(
+        f"{optimizer_name}: train loss {train_loss:.4f} (last {window} steps), "
+        f"test accuracy {test_accuracy:.4f}"
+    )
     return {"losses": losses, "train_loss": train_loss, "test_accuracy": test_accuracy}
 
 

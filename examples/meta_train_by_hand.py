@@ -43,9 +43,15 @@ def main(argv: list[str] | None = None) -> dict:
     family = get_family("quadratic", dims=(4,))  # 4-d quadratics with random curvature
     static = family.sample_static(jax.random.fold_in(key, 0))  # the task structure: one jit program
     learned = get_learned("mlp")()  # a per-parameter MLP optimizer; its theta is what we train
-    estimator = get_estimator("pes", learned=learned, family=family, static=static,
-                              num_particles=args.particles, truncation_length=args.truncation,
-                              horizon=tuple(args.horizon))  # fmt: skip
+    estimator = get_estimator(
+        "pes",
+        learned=learned,
+        family=family,
+        static=static,
+        num_particles=args.particles,
+        truncation_length=args.truncation,
+        horizon=tuple(args.horizon),
+    )
     warmup = min(args.warmup, args.steps - 1)  # linear warmup, then cosine decay to 0 at the last step
     schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, warmup, args.steps)
     outer_opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))

@@ -47,7 +47,11 @@ def main(steps: int = 1000, optimizer_name: str = "pretrained", batch_size: int 
     torch.manual_seed(seed)
     model = mlp()
     batches = torch.Generator().manual_seed(seed + 1)
-    optimizer = lopt.torch.LearnedOptimizer(model.parameters(), name="hierarchical-small-v1") if optimizer_name == "pretrained" else torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = (
+        lopt.torch.LearnedOptimizer(model.parameters(), name="hierarchical-small-v1")
+        if optimizer_name == "pretrained"
+        else torch.optim.AdamW(model.parameters(), lr=1e-3)
+    )
 
     losses, window = [], max(steps // 10, 1)  # report the mean training loss of every `window` steps
     for step in range(steps):

@@ -1,6 +1,6 @@
 """lopt: learned optimizers meta-trained by bilevel optimization, measured against tuned baselines.
 
-The public API, re-exported from the subpackages (DESIGN.md, STYLE.md item 9).
+The public API, re-exported from the subpackages (docs/design.md, habit 9).
 """
 
 from lopt.evaluate import Curves as Curves

@@ -52,13 +52,23 @@ _MAX_HEADER = 100_000_000  # bytes; the safetensors library's own limit
 
 # safetensors dtype codes <-> numpy dtypes (bfloat16 and float8 are ml_dtypes', via jax.numpy).
 _DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(jnp.bfloat16), "F8_E4M3": np.dtype(jnp.float8_e4m3fn),
-    "F8_E5M2": np.dtype(jnp.float8_e5m2), "C64": np.dtype(np.complex64),
-    "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8), "U64": np.dtype(np.uint64), "U32": np.dtype(np.uint32),
-    "U16": np.dtype(np.uint16), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
-}  # fmt: skip
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(jnp.bfloat16),
+    "F8_E4M3": np.dtype(jnp.float8_e4m3fn),
+    "F8_E5M2": np.dtype(jnp.float8_e5m2),
+    "C64": np.dtype(np.complex64),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 
 
@@ -109,7 +119,7 @@ def _leaf_name(path: tuple) -> str:
 
 
 def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _to_host(state: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -147,8 +157,11 @@ def _encode_header(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> 
     offset = 0
     for name in order:
         array = tensors[name]
-        header[name] = {"dtype": _CODES[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}  # fmt: skip
+        header[name] = {
+            "dtype": _CODES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
         offset += array.nbytes
     digest = hashlib.sha256(_canonical(header))
     for name in order:
@@ -306,7 +319,7 @@ def _parse(path: Path, f: BinaryIO) -> tuple[dict[str, str], dict[str, np.ndarra
     tensors = {}
     for name, dtype, shape, _ in specs:
         array = np.empty(shape, dtype)
-        if f.readinto(memoryview(_bytes(array))) != array.nbytes:
+        if f.readinto(memoryview(_bytes(array))) != array.nbytes:  # pyright: ignore[reportAttributeAccessIssue]
             raise CheckpointError(path, "truncated: the file shrank while it was being read")
         digest.update(_bytes(array))
         tensors[name] = array
@@ -495,7 +508,9 @@ def restore_latest(
         return restored
     if errors:
         causes = "; ".join(f"{e.path}: {e.cause}" for e in errors)
-        raise CheckpointError(errors[0].path, f"every checkpoint in {directory} is corrupt ({causes}); none was deleted")
+        raise CheckpointError(
+            errors[0].path, f"every checkpoint in {directory} is corrupt ({causes}); none was deleted"
+        )
     return None
 
 

@@ -63,8 +63,12 @@ def heldout_tasks(cfg: DemoConfig) -> list[Task]:
 
 def compare_on_task(key: jax.Array, task: Task, cfg: DemoConfig, learned, theta) -> dict:
     """The pretrained optimizer and Adam's grid on one task: curves and the selected results."""
-    options = {"num_steps": cfg.steps, "num_seeds": cfg.seeds, "eval_every": cfg.eval_every,
-               "eval_splits": ("outer_valid", "test")}  # fmt: skip
+    options = {
+        "num_steps": cfg.steps,
+        "num_seeds": cfg.seeds,
+        "eval_every": cfg.eval_every,
+        "eval_splits": ("outer_valid", "test"),
+    }
     lrs = {"learning_rate": jnp.asarray(cfg.learning_rates, jnp.float32)}
     optimizer = optax.with_extra_args_support(learned.transform(theta))  # what lopt.pretrained(name) returns
     t0 = time.perf_counter()
@@ -79,8 +83,11 @@ def compare_on_task(key: jax.Array, task: Task, cfg: DemoConfig, learned, theta)
     adam = jax.device_get(compiled["adam"](key, task, lrs))
     t2 = time.perf_counter()
     one = jax.device_get(compiled["pretrained"](key, task))
-    mine = one._replace(train_loss=one.train_loss[None], eval=jax.tree.map(lambda x: x[None], one.eval),
-                        diverged_step=one.diverged_step[None])  # a leading setting axis, as Adam's  # fmt: skip
+    mine = one._replace(
+        train_loss=one.train_loss[None],
+        eval=jax.tree.map(lambda x: x[None], one.eval),
+        diverged_step=one.diverged_step[None],
+    )  # a leading setting axis, as Adam's
     t3 = time.perf_counter()
     valid = np.median(adam.eval["outer_valid"]["loss"][..., -1], axis=1)  # (L,) median over seeds
     best = int(np.argmin(np.where(np.isfinite(valid), valid, np.inf)))
@@ -102,8 +109,13 @@ def compare_on_task(key: jax.Array, task: Task, cfg: DemoConfig, learned, theta)
         "compile_seconds": t1 - t0,  # both programs, compiled side by side
         "adam_seconds": t2 - t1,  # running them
         "pretrained_seconds": t3 - t2,
-        "_panel": (task.name, {f"Adam lr {cfg.learning_rates[best]:g} (tuned)": _panel(adam, best),
-                               cfg.pretrained: _panel(mine, 0)}),  # fmt: skip
+        "_panel": (
+            task.name,
+            {
+                f"Adam lr {cfg.learning_rates[best]:g} (tuned)": _panel(adam, best),
+                cfg.pretrained: _panel(mine, 0),
+            },
+        ),
     }
 
 
@@ -126,21 +138,41 @@ def meta_train_small(cfg: DemoConfig, console: Console) -> dict:
 
         shutil.rmtree(out)
     mcfg = MetaTrainConfig(
-        family="quadratic", space='{"dims": [10]}', num_groups=1, num_particles=8, truncation_length=50,
-        horizon=(200, 200), outer_lr=3e-3, warmup=20, num_steps=cfg.meta_steps, validate_every=0,
-        objective="relative", loss_reference="zero", step_weights="uniform", shaping="none", drop_diverged=False,
-        ckpt_every=0, ckpt_minutes=0,
-        log_every=50, out=out, seed=cfg.seed,
-    )  # fmt: skip
+        family="quadratic",
+        space='{"dims": [10]}',
+        num_groups=1,
+        num_particles=8,
+        truncation_length=50,
+        horizon=(200, 200),
+        outer_lr=3e-3,
+        warmup=20,
+        num_steps=cfg.meta_steps,
+        validate_every=0,
+        objective="relative",
+        loss_reference="zero",
+        step_weights="uniform",
+        shaping="none",
+        drop_diverged=False,
+        ckpt_every=0,
+        ckpt_minutes=0,
+        log_every=50,
+        out=out,
+        seed=cfg.seed,
+    )
     t0 = time.perf_counter()
     state = meta_train(mcfg, console=console, progress=sys.stdout.isatty())
     seconds = time.perf_counter() - t0
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
     losses = np.array([r["meta_loss"] for r in rows if "meta_loss" in r], np.float64)
     trainer = MetaTrainer.build(mcfg)
     evaluator = HeldOutEval(mcfg, trainer.learned, num_tasks=12, steps=200, seeds=1)
     init_theta = trainer.init(jax.random.key(mcfg.seed)).theta
-    trained, untrained, adam = evaluator.losses(state.theta), evaluator.losses(init_theta), evaluator.adam_losses()
+    trained, untrained, adam = (
+        evaluator.losses(state.theta),
+        evaluator.losses(init_theta),
+        evaluator.adam_losses(),
+    )
     return {
         "config": dataclasses.asdict(mcfg),
         "seconds": seconds,
@@ -175,12 +207,18 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
             f"({row['compile_seconds']:.0f} s compiling, {row['adam_seconds'] + row['pretrained_seconds']:.0f} s running)"
         )
         rows.append(row)
-    figures.curves_figure(os.path.join(cfg.out, "figures", "heldout_curves.png"), [r.pop("_panel") for r in rows])
+    figures.curves_figure(
+        os.path.join(cfg.out, "figures", "heldout_curves.png"), [r.pop("_panel") for r in rows]
+    )
     meta = None
     if cfg.meta_steps:
-        console.print(f"[bold]meta-training[/] a fresh mlp optimizer with PES for {cfg.meta_steps} outer steps")
+        console.print(
+            f"[bold]meta-training[/] a fresh mlp optimizer with PES for {cfg.meta_steps} outer steps"
+        )
         meta = meta_train_small(cfg, console)
-        figures.meta_loss_figure(os.path.join(cfg.out, "figures", "meta_loss.png"), {"PES, AdamW outer": meta["meta_loss"]})
+        figures.meta_loss_figure(
+            os.path.join(cfg.out, "figures", "meta_loss.png"), {"PES, AdamW outer": meta["meta_loss"]}
+        )
     results = {"heldout": rows, "meta_train": meta, "seconds": time.perf_counter() - t0}
     with open(os.path.join(cfg.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -210,12 +248,27 @@ def _winner(row: dict, name: str) -> str:
 
 
 def summary_table(cfg: DemoConfig, rows: list[dict]) -> Table:
-    table = Table(title=f"held-out tasks: {cfg.pretrained} vs tuned Adam, median test loss over {cfg.seeds} seeds")
-    for col in ("task", "params", "Adam lr (tuned)", "Adam test loss", f"{cfg.pretrained} test loss", "better"):
+    table = Table(
+        title=f"held-out tasks: {cfg.pretrained} vs tuned Adam, median test loss over {cfg.seeds} seeds"
+    )
+    for col in (
+        "task",
+        "params",
+        "Adam lr (tuned)",
+        "Adam test loss",
+        f"{cfg.pretrained} test loss",
+        "better",
+    ):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["task"], f"{r['params']:,}", f"{r['adam_best_lr']:g}", f"{r['adam_test_loss']:.4f}",
-                      f"{r['pretrained_test_loss']:.4f}", _winner(r, cfg.pretrained))  # fmt: skip
+        table.add_row(
+            r["task"],
+            f"{r['params']:,}",
+            f"{r['adam_best_lr']:g}",
+            f"{r['adam_test_loss']:.4f}",
+            f"{r['pretrained_test_loss']:.4f}",
+            _winner(r, cfg.pretrained),
+        )
     return table
 
 
@@ -224,32 +277,64 @@ def report_blocks(cfg: DemoConfig, results: dict) -> list[tuple]:
     wins = sum(_winner(r, cfg.pretrained) == cfg.pretrained for r in rows)
     blocks = [
         ("h1", "lopt demo"),
-        ("p", f"Held-out tasks (families never seen in meta-training), {cfg.steps} steps, {cfg.seeds} seeds: "
-              f"the pretrained {cfg.pretrained} (no hyperparameters) against Adam with its learning rate chosen "
-              f"from {list(cfg.learning_rates)} on the outer-valid split. Test split, median over seeds. "
-              f"{cfg.pretrained} is better on {wins} of {len(rows)} tasks. Total wall time "
-              f"{results['seconds']:.0f} s. Command: `lopt demo`; resolved config: config.json."),  # fmt: skip
-        ("table", ["task", "params", "Adam lr (tuned)", "Adam test loss", "Adam test acc",
-                   f"{cfg.pretrained} test loss", f"{cfg.pretrained} test acc", "better"],
-         [[r["task"], f"{r['params']:,}", f"{r['adam_best_lr']:g}", _fmt(r["adam_test_loss"]),
-           _fmt(r["adam_test_accuracy"]), _fmt(r["pretrained_test_loss"]), _fmt(r["pretrained_test_accuracy"]),
-           _winner(r, cfg.pretrained)] for r in rows]),  # fmt: skip
+        (
+            "p",
+            f"Held-out tasks (families never seen in meta-training), {cfg.steps} steps, {cfg.seeds} seeds: "
+            f"the pretrained {cfg.pretrained} (no hyperparameters) against Adam with its learning rate chosen "
+            f"from {list(cfg.learning_rates)} on the outer-valid split. Test split, median over seeds. "
+            f"{cfg.pretrained} is better on {wins} of {len(rows)} tasks. Total wall time "
+            f"{results['seconds']:.0f} s. Command: `lopt demo`; resolved config: config.json.",
+        ),
+        (
+            "table",
+            [
+                "task",
+                "params",
+                "Adam lr (tuned)",
+                "Adam test loss",
+                "Adam test acc",
+                f"{cfg.pretrained} test loss",
+                f"{cfg.pretrained} test acc",
+                "better",
+            ],
+            [
+                [
+                    r["task"],
+                    f"{r['params']:,}",
+                    f"{r['adam_best_lr']:g}",
+                    _fmt(r["adam_test_loss"]),
+                    _fmt(r["adam_test_accuracy"]),
+                    _fmt(r["pretrained_test_loss"]),
+                    _fmt(r["pretrained_test_accuracy"]),
+                    _winner(r, cfg.pretrained),
+                ]
+                for r in rows
+            ],
+        ),
         ("img", "figures/heldout_curves.png", "training and test loss curves"),
     ]
     if meta:
         blocks += [
             ("h2", "Meta-training a learned optimizer from scratch"),
-            ("p", f"PES ({meta['config']['num_particles']} tasks x 2 antithetic, truncation "
-                  f"{meta['config']['truncation_length']}, horizon 200) meta-trains a fresh `mlp` optimizer on 10-d "
-                  f"quadratics for {len(meta['meta_loss'])} outer steps ({meta['seconds']:.0f} s). On "
-                  f"{meta['fresh_tasks']} fresh quadratics (200 steps) it beats its own initialization on "
-                  f"{meta['trained_beats_untrained']} and Adam (lr 1e-3) on {meta['trained_beats_adam']}."),
-            ("table", ["optimizer", "median test loss on fresh tasks"],
-             [["meta-trained mlp", _fmt(meta["trained_test_loss"])],
-              ["its initialization", _fmt(meta["untrained_test_loss"])],
-              ["Adam lr 1e-3", _fmt(meta["adam_test_loss"])]]),
+            (
+                "p",
+                f"PES ({meta['config']['num_particles']} tasks x 2 antithetic, truncation "
+                f"{meta['config']['truncation_length']}, horizon 200) meta-trains a fresh `mlp` optimizer on 10-d "
+                f"quadratics for {len(meta['meta_loss'])} outer steps ({meta['seconds']:.0f} s). On "
+                f"{meta['fresh_tasks']} fresh quadratics (200 steps) it beats its own initialization on "
+                f"{meta['trained_beats_untrained']} and Adam (lr 1e-3) on {meta['trained_beats_adam']}.",
+            ),
+            (
+                "table",
+                ["optimizer", "median test loss on fresh tasks"],
+                [
+                    ["meta-trained mlp", _fmt(meta["trained_test_loss"])],
+                    ["its initialization", _fmt(meta["untrained_test_loss"])],
+                    ["Adam lr 1e-3", _fmt(meta["adam_test_loss"])],
+                ],
+            ),
             ("img", "figures/meta_loss.png", "meta-loss during meta-training"),
-        ]  # fmt: skip
+        ]
     return blocks
 
 

@@ -227,7 +227,9 @@ def tidy(curves: Curves, **labels) -> list[dict]:
     for c in range(n_set):
         for s in range(train.shape[1]):
             for t in range(num_steps + 1):
-                row = dict(labels, setting=c, seed=s, step=t, diverged=bool(t >= div[c, s] and div[c, s] < num_steps))
+                row = dict(
+                    labels, setting=c, seed=s, step=t, diverged=bool(t >= div[c, s] and div[c, s] < num_steps)
+                )
                 row["train_loss"] = float(train[c, s, t]) if t < num_steps else None
                 if t in eval_index:
                     for name, v in evals.items():

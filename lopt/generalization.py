@@ -69,9 +69,20 @@ def base_tasks(seed: int = 0) -> list[Task]:
     return [family.task(TaskConfig(s, family.sample_dynamic(k, s))) for s, k in zip(BASE_TASKS, keys)]
 
 
-def run_study(tasks, learned, theta, *, steps: int, longest_horizon: int, seeds: int = 3,
-              cache: str | None = None, name: str = "learned", seed: int = 0, grid=ADAM_LR_GRID,
-              only: tuple[str, ...] = ()) -> list[dict]:  # fmt: skip
+def run_study(
+    tasks,
+    learned,
+    theta,
+    *,
+    steps: int,
+    longest_horizon: int,
+    seeds: int = 3,
+    cache: str | None = None,
+    name: str = "learned",
+    seed: int = 0,
+    grid=ADAM_LR_GRID,
+    only: tuple[str, ...] = (),
+) -> list[dict]:
     """One row per (task, variant): the learned optimizer vs per-variant-tuned Adam (learning rate
     from ``grid``), test split. ``only``: restrict to these variant labels."""
     adam = lr_search("adam", grid)
@@ -81,29 +92,45 @@ def run_study(tasks, learned, theta, *, steps: int, longest_horizon: int, seeds:
         for label, variant, num_steps in variants(task, steps, longest_horizon):
             if only and label not in only:
                 continue
-            options = {"num_steps": num_steps, "num_seeds": seeds, "eval_every": num_steps // 10,
-                       "seed": seed, "cache": cache}  # fmt: skip
+            options = {
+                "num_steps": num_steps,
+                "num_seeds": seeds,
+                "eval_every": num_steps // 10,
+                "seed": seed,
+                "cache": cache,
+            }
             a, m = run_search(variant, adam, **options), run_search(variant, mine, **options)
             best = select_per_task(score(a), failed(a))
             adam_test = float(score(a, "test")[best]) if best >= 0 else float("nan")
             mine_test = float("nan") if failed(m)[0] else float(score(m, "test")[0])
-            rows.append({
-                "task": task.name, "variant": label, "variant_task": variant.name, "steps": num_steps,
-                "params": variant.num_params(),
-                "adam_lr": float(adam.trials["learning_rate"][best]) if best >= 0 else None,
-                "adam_test_loss": adam_test, "learned_test_loss": mine_test,
-                "ratio": mine_test / adam_test, "learned_better": bool(mine_test < adam_test),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "task": task.name,
+                    "variant": label,
+                    "variant_task": variant.name,
+                    "steps": num_steps,
+                    "params": variant.num_params(),
+                    "adam_lr": float(adam.trials["learning_rate"][best]) if best >= 0 else None,
+                    "adam_test_loss": adam_test,
+                    "learned_test_loss": mine_test,
+                    "ratio": mine_test / adam_test,
+                    "learned_better": bool(mine_test < adam_test),
+                }
+            )
     return rows
 
 
 def to_markdown(rows: list[dict], name: str) -> str:
-    lines = [f"| task | variant | params | steps | Adam lr (tuned) | Adam test loss | {name} test loss | ratio |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"| task | variant | params | steps | Adam lr (tuned) | Adam test loss | {name} test loss | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lr = "-" if r["adam_lr"] is None else f"{r['adam_lr']:.3g}"
-        lines.append(f"| {r['task']} | {r['variant']} | {r['params']:,} | {r['steps']:,} | {lr} | "
-                     f"{r['adam_test_loss']:.4g} | {r['learned_test_loss']:.4g} | {r['ratio']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {r['task']} | {r['variant']} | {r['params']:,} | {r['steps']:,} | {lr} | "
+            f"{r['adam_test_loss']:.4g} | {r['learned_test_loss']:.4g} | {r['ratio']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from lopt.pretrained import load_pretrained
     from lopt.tuning import default_cache_dir
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--pretrained", default="mlp-small-v1", help="shipped optimizer (lopt.PRETRAINED)")
     parser.add_argument("--steps", type=int, default=1000, help="training steps of the base variants")
     parser.add_argument("--longest-horizon", type=int, default=1000, help="longest meta-training horizon")
@@ -120,8 +147,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default="runs/generalization")
     args = parser.parse_args(argv)
     learned, theta = load_pretrained(args.pretrained)
-    rows = run_study(base_tasks()[: args.num_tasks], learned, theta, steps=args.steps, longest_horizon=args.longest_horizon,
-                     seeds=args.seeds, cache=default_cache_dir(), name=args.pretrained)  # fmt: skip
+    rows = run_study(
+        base_tasks()[: args.num_tasks],
+        learned,
+        theta,
+        steps=args.steps,
+        longest_horizon=args.longest_horizon,
+        seeds=args.seeds,
+        cache=default_cache_dir(),
+        name=args.pretrained,
+    )
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "generalization.json"), "w") as f:
         json.dump({"args": vars(args), "rows": rows}, f, indent=2)

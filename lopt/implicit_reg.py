@@ -215,9 +215,11 @@ def main(out_dir: str, num_steps: int = NUM_STEPS, learned: str = PRETRAINED) ->
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--out", default="runs/implicit_reg", help="output directory")
     parser.add_argument("--steps", type=int, default=NUM_STEPS, help="steps per trajectory")
-    parser.add_argument("--pretrained", default=PRETRAINED, help="shipped learned optimizer (lopt.PRETRAINED)")
+    parser.add_argument(
+        "--pretrained", default=PRETRAINED, help="shipped learned optimizer (lopt.PRETRAINED)"
+    )
     args = parser.parse_args()
     main(args.out, args.steps, args.pretrained)

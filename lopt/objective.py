@@ -48,8 +48,15 @@ def group_reference(
     dynamic = family.sample_dynamic(jax.random.key(REFERENCE_SEED), static)
     task = family.task(TaskConfig(static, dynamic))
     search = lr_search("adam", grid=REFERENCE_GRID)
-    result = run_search(task, search, num_steps=steps, num_seeds=1, eval_every=steps,
-                        seed=REFERENCE_SEED, cache=cache or default_cache_dir())  # fmt: skip
+    result = run_search(
+        task,
+        search,
+        num_steps=steps,
+        num_seeds=1,
+        eval_every=steps,
+        seed=REFERENCE_SEED,
+        cache=cache or default_cache_dir(),
+    )
     scores = np.where(failed(result), np.inf, score(result, "outer_valid"))
     if not np.isfinite(scores).any():
         return 0.0

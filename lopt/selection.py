@@ -49,8 +49,10 @@ def load_candidates(specs: list[str]) -> list[tuple[str, Any, Any]]:
             continue
         run, steps = parse_candidate(spec)
         if not os.path.exists(run):
-            raise ConfigError(f"candidate {spec!r}: {run} does not exist (give a run directory, a checkpoint, "
-                              f"a theta file or one of {sorted(PRETRAINED)}).")  # fmt: skip
+            raise ConfigError(
+                f"candidate {spec!r}: {run} does not exist (give a run directory, a checkpoint, "
+                f"a theta file or one of {sorted(PRETRAINED)})."
+            )
         paths = [checkpoint_path(os.path.join(run, "checkpoints"), s) for s in steps] or [run]
         for path in paths:
             trainer, state, _, step = load_run(path)
@@ -72,8 +74,10 @@ def table(rows: list[dict], long: bool) -> str:
     lines = [head, sep]
     for r in rows:
         n = r["valid/tasks"]
-        line = (f"| {r['name']} | {r['valid/score']:.4f} | {r['valid/wins_global']}/{n} | "
-                f"{r['valid/wins_per_task']}/{n} | {r['valid/diverged']} |")  # fmt: skip
+        line = (
+            f"| {r['name']} | {r['valid/score']:.4f} | {r['valid/wins_global']}/{n} | "
+            f"{r['valid/wins_per_task']}/{n} | {r['valid/diverged']} |"
+        )
         if long:
             line += f" {r.get('valid_long/score', float('nan')):.4f} | {r.get('valid_long/wins_global', '-')}"
             line += f"/{r.get('valid_long/tasks', '-')} |"
@@ -81,7 +85,9 @@ def table(rows: list[dict], long: bool) -> str:
     return "\n".join(lines)
 
 
-def validate_candidates(specs: list[str], suite: str = "valid", long: bool = False, console=None) -> list[dict]:
+def validate_candidates(
+    specs: list[str], suite: str = "valid", long: bool = False, console=None
+) -> list[dict]:
     """Validate every candidate; rows of metrics (JSON-ready), ranked."""
     from lopt.validation import Validator, get_validation_suite
 
@@ -91,19 +97,27 @@ def validate_candidates(specs: list[str], suite: str = "valid", long: bool = Fal
     for name, learned, theta in load_candidates(specs):
         validator = validators.setdefault(learned, Validator(vs, learned, console=console))
         metrics = validator(theta, long=long)
-        rows.append({"name": name, **{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in metrics.items()}})
+        rows.append(
+            {"name": name, **{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in metrics.items()}}
+        )
         if console is not None:
-            console.print(f"{name}: score {metrics['valid/score']:.4f}, wins vs AdamLR-global "
-                          f"{metrics['valid/wins_global']}/{metrics['valid/tasks']}")  # fmt: skip
+            console.print(
+                f"{name}: score {metrics['valid/score']:.4f}, wins vs AdamLR-global "
+                f"{metrics['valid/wins_global']}/{metrics['valid/tasks']}"
+            )
     return rank(rows)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     from rich.console import Console
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("candidates", nargs="+", help="RUN, RUN:STEP,STEP, a theta file, or a pretrained name")
-    parser.add_argument("--validation", default="valid", help="validation suite (lopt.validation.VALIDATION_SUITES)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "candidates", nargs="+", help="RUN, RUN:STEP,STEP, a theta file, or a pretrained name"
+    )
+    parser.add_argument(
+        "--validation", default="valid", help="validation suite (lopt.validation.VALIDATION_SUITES)"
+    )
     parser.add_argument("--long", action="store_true", help="also the long subset (10 x T)")
     parser.add_argument("--out", default="runs/select", help="writes selection.md and selection.json here")
     args = parser.parse_args(argv)
@@ -114,8 +128,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with open(os.path.join(args.out, "selection.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out, "selection.json"), "w") as f:
-        json.dump({"validation": args.validation, "long": args.long, "candidates": args.candidates, "rows": rows},
-                  f, indent=1)  # fmt: skip
+        json.dump(
+            {"validation": args.validation, "long": args.long, "candidates": args.candidates, "rows": rows},
+            f,
+            indent=1,
+        )
     console.print(text)
     return rows
 

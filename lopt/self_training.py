@@ -36,13 +36,31 @@ def configs(pretrained: str, steps: int, out: str, seed: int = 0) -> dict[str, M
     from lopt.pretrained import PRETRAINED, load_pretrained
 
     base = MetaTrainConfig(
-        family=FAMILY[0], space=FAMILY[1], num_groups=1, num_particles=8, truncation_length=50,
-        horizon=(100, 500), outer_lr=3e-3, num_steps=steps, validate_every=0, objective="relative", loss_reference="zero",
-        step_weights="uniform", shaping="none", drop_diverged=False, ckpt_every=0, ckpt_minutes=5, log_every=25, seed=seed,
-    )  # fmt: skip
+        family=FAMILY[0],
+        space=FAMILY[1],
+        num_groups=1,
+        num_particles=8,
+        truncation_length=50,
+        horizon=(100, 500),
+        outer_lr=3e-3,
+        num_steps=steps,
+        validate_every=0,
+        objective="relative",
+        loss_reference="zero",
+        step_weights="uniform",
+        shaping="none",
+        drop_diverged=False,
+        ckpt_every=0,
+        ckpt_minutes=5,
+        log_every=25,
+        seed=seed,
+    )
     outer_name = load_pretrained(pretrained)[0].name  # its architecture: mlp, hierarchical
     learned_outer = dataclasses.replace(
-        base, outer_opt=outer_name, outer_theta=PRETRAINED[pretrained].weights_path, out=os.path.join(out, pretrained)
+        base,
+        outer_opt=outer_name,
+        outer_theta=PRETRAINED[pretrained].weights_path,
+        out=os.path.join(out, pretrained),
     )
     return {"AdamW": dataclasses.replace(base, out=os.path.join(out, "adamw")), pretrained: learned_outer}
 
@@ -57,7 +75,8 @@ def run(pretrained: str = "hierarchical-small-v1", steps: int = 500, out: str = 
     for name, cfg in configs(pretrained, steps, out).items():
         resume = os.path.isdir(os.path.join(cfg.out, "checkpoints"))
         state = meta_train(dataclasses.replace(cfg, resume=resume), progress=False)
-        rows = [json.loads(line) for line in open(os.path.join(cfg.out, "metrics.jsonl"))]
+        with open(os.path.join(cfg.out, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
         curves[f"outer: {name}"] = [r["meta_loss"] for r in rows if "meta_loss" in r]
         evaluator = HeldOutEval(cfg, cfg.build_learned(), num_tasks=6, steps=500, seeds=2)
         mine, adam = evaluator.losses(state.theta), evaluator.adam_losses()
@@ -75,15 +94,17 @@ def run(pretrained: str = "hierarchical-small-v1", steps: int = 500, out: str = 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--pretrained", default="hierarchical-small-v1", help="the learned outer optimizer")
     parser.add_argument("--steps", type=int, default=500, help="outer steps of each run")
     parser.add_argument("--out", default="runs/self_training")
     args = parser.parse_args(argv)
     summary = run(args.pretrained, args.steps, args.out)
     for name, s in summary.items():
-        print(f"{name:>16}: meta-loss (last 50 steps) {s['final_meta_loss_last50']:.4f}; beats Adam 1e-3 on "
-              f"{s['wins_vs_adam']}/{len(s['fresh_test_loss'])} fresh tasks")  # fmt: skip
+        print(
+            f"{name:>16}: meta-loss (last 50 steps) {s['final_meta_loss_last50']:.4f}; beats Adam 1e-3 on "
+            f"{s['wins_vs_adam']}/{len(s['fresh_test_loss'])} fresh tasks"
+        )
     return summary
 
 

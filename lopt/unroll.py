@@ -122,7 +122,11 @@ class UnrollOutput(NamedTuple):
 
 
 def normalize_meta_loss(
-    loss: jax.Array, init_loss: jax.Array, reference: float = 0.0, clip: float = 3.0, objective: str = "relative"
+    loss: jax.Array,
+    init_loss: jax.Array,
+    reference: float = 0.0,
+    clip: float = 3.0,
+    objective: str = "relative",
 ) -> jax.Array:
     """ℓ of the module docstring: x = (L − L_ref) / (|L_0 − L_ref| + ε); ``"relative"``: clip(x, −c, c),
     ``"log"``: clip(log max(x, x_min), log x_min, log c); NaN and ±inf map to the upper clip."""
@@ -155,7 +159,9 @@ def phase_bins(
     be compared at the same point of training."""
     idx = jnp.clip(jnp.ceil(phase * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1).ravel()
     w = jnp.ones(meta_loss.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    onehot = (idx[:, None] == jnp.arange(num_bins)[None]).astype(jnp.float32) * w.ravel()[:, None]  # no scatter
+    onehot = (idx[:, None] == jnp.arange(num_bins)[None]).astype(jnp.float32) * w.ravel()[
+        :, None
+    ]  # no scatter
     return jnp.sum(onehot * meta_loss.ravel()[:, None], axis=0), jnp.sum(onehot, axis=0)
 
 
@@ -209,7 +215,9 @@ class Unroller:
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("step_weights", self.step_weights, STEP_WEIGHTS)
         if self.objective == "log" and self.meta_clip <= LOG_FLOOR:
-            raise ValueError(f"meta_clip={self.meta_clip} must exceed LOG_FLOOR={LOG_FLOOR} with objective='log'.")
+            raise ValueError(
+                f"meta_clip={self.meta_clip} must exceed LOG_FLOOR={LOG_FLOOR} with objective='log'."
+            )
 
     # --- building blocks (one particle) ------------------------------------------------------
     def data(self) -> PyTree:

@@ -4,7 +4,6 @@ scales within their log-uniform ranges, the base's static structure, and meta-tr
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -32,10 +31,14 @@ def test_loss_and_gradients_are_the_base_tasks_through_the_scales():
     leaves_p, leaves = jax.tree.leaves(w_prime), jax.tree.leaves(w)
     assert len(scales) == len(leaves) > 1
     for i, (a, b) in enumerate(zip(leaves_p, leaves)):
-        np.testing.assert_allclose(np.asarray(a) * scales[i], np.asarray(b), rtol=1e-5, atol=1e-7)  # w'_0 = w_0 / s
+        np.testing.assert_allclose(
+            np.asarray(a) * scales[i], np.asarray(b), rtol=1e-5, atol=1e-7
+        )  # w'_0 = w_0 / s
     batch = task.batch(jax.random.key(6), "train")
     k_loss = jax.random.key(7)
-    np.testing.assert_allclose(float(task.loss(w_prime, k_loss, batch)), float(inner.loss(w, k_loss, batch)), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(task.loss(w_prime, k_loss, batch)), float(inner.loss(w, k_loss, batch)), rtol=1e-5
+    )
     g_prime = jax.tree.leaves(jax.grad(task.loss)(w_prime, k_loss, batch))
     g = jax.tree.leaves(jax.grad(inner.loss)(w, k_loss, batch))
     for i, (a, b) in enumerate(zip(g_prime, g)):
@@ -46,7 +49,9 @@ def test_scales_are_log_uniform_within_the_ranges():
     base = get_family("mlp")
     static = base.sample_static(jax.random.key(0))
     wrapped = Reparametrized(base, global_range=1.0, tensor_range=0.5)
-    logs = jax.vmap(lambda k: wrapped.sample_dynamic(k, static)["log_scale"])(jax.random.split(jax.random.key(1), 2000))
+    logs = jax.vmap(lambda k: wrapped.sample_dynamic(k, static)["log_scale"])(
+        jax.random.split(jax.random.key(1), 2000)
+    )
     log10 = np.asarray(logs) / math.log(10)
     assert np.all(np.abs(log10) <= 1.5 + 1e-6)
     assert abs(log10.std() - math.sqrt(1 / 3 + 0.25 / 3)) < 0.03  # U(−1, 1) + U(−½, ½): var 1/3 + 1/12
@@ -61,8 +66,17 @@ def test_scales_are_log_uniform_within_the_ranges():
 def test_meta_training_wraps_the_groups_and_keeps_the_base_reference():
     from lopt.meta_train.trainer import MetaTrainer
 
-    cfg = MetaTrainConfig(family="quadratic", space='{"dims": [4]}', num_groups=1, num_particles=2, truncation_length=5,
-                          horizon=(20, 50), validate_every=0, loss_reference="zero", reparam=(1.0, 0.5))  # fmt: skip
+    cfg = MetaTrainConfig(
+        family="quadratic",
+        space='{"dims": [4]}',
+        num_groups=1,
+        num_particles=2,
+        truncation_length=5,
+        horizon=(20, 50),
+        validate_every=0,
+        loss_reference="zero",
+        reparam=(1.0, 0.5),
+    )
     trainer = MetaTrainer.from_config(cfg)
     assert all(isinstance(est.family, Reparametrized) for est in trainer.estimators)
     assert "reparam" in trainer.describe()[0]

@@ -136,8 +136,10 @@ def test_keep_retains_exactly_the_last_k(tmp_path):
     for step in range(1, 8):
         checkpoint.save(tmp_path, step * 10, state, keep=3)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
-        "ckpt_00000050.safetensors", "ckpt_00000060.safetensors", "ckpt_00000070.safetensors"
-    ]  # fmt: skip
+        "ckpt_00000050.safetensors",
+        "ckpt_00000060.safetensors",
+        "ckpt_00000070.safetensors",
+    ]
     assert checkpoint.latest(tmp_path) == tmp_path / "ckpt_00000070.safetensors"
     # The checkpoint just written is never deleted, even when it is not among the latest K.
     checkpoint.save(tmp_path, 5, state, keep=2)
@@ -316,8 +318,9 @@ def test_manager_saves_every_n_steps_or_m_minutes(tmp_path):
     for step in (10, 20):
         manager.save(step, state, CONFIG)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
-        "ckpt_00000010.safetensors", "ckpt_00000020.safetensors"
-    ]  # fmt: skip
+        "ckpt_00000010.safetensors",
+        "ckpt_00000020.safetensors",
+    ]
     fresh = CheckpointManager(tmp_path, every_steps=10)
     _, config, step = fresh.restore_latest(state, expect_config=CONFIG)
     assert (config, step, fresh.last_step) == (CONFIG, 20, 20) and not fresh.should_save(20)
@@ -347,8 +350,12 @@ def test_sigkill_during_saves_never_leaves_a_corrupt_checkpoint(tmp_path):
     while a temp file is being written or just after; every listed checkpoint must restore."""
     rng = random.Random(0)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    template = {"theta": jnp.zeros(2_000_000), "h": jnp.zeros(999, jnp.bfloat16), "key": jax.random.key(0),
-                "step": jnp.asarray(0, jnp.int32)}  # fmt: skip
+    template = {
+        "theta": jnp.zeros(2_000_000),
+        "h": jnp.zeros(999, jnp.bfloat16),
+        "key": jax.random.key(0),
+        "step": jnp.asarray(0, jnp.int32),
+    }
     last_step = killed_mid_save = 0
     for round_ in range(3):
         child = subprocess.Popen(

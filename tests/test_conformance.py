@@ -1,4 +1,4 @@
-"""One conformance suite over every registered optimizer (STYLE.md item 11, like optax's alias_test.py).
+"""One conformance suite over every registered optimizer (docs/design.md habit 11, like optax's alias_test.py).
 
 `OPTIMIZERS` lists (name, factory) pairs; a factory maps an hparams dict (or None) to an optax
 transformation. It is built from `BASELINES` plus Lookahead-wrapped adam and sgd; learned
@@ -25,7 +25,10 @@ from lopt.optimizers.baselines import bind_num_steps
 
 Factory = Callable[[dict[str, Any] | None], optax.GradientTransformationExtraArgs]
 
-def _factory(b):  # a horizon-aware baseline (adam_cosine) is told T = QUAD_STEPS unless the loop says otherwise
+
+def _factory(
+    b,
+):  # a horizon-aware baseline (adam_cosine) is told T = QUAD_STEPS unless the loop says otherwise
     return lambda hp=None: bind_num_steps(b.make(hp), QUAD_STEPS)
 
 
@@ -211,7 +214,9 @@ from lopt.optimizers.learned import LEARNED  # noqa: E402
 def _random_theta(theta):
     leaves, treedef = jax.tree.flatten(theta)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    return jax.tree.unflatten(treedef, [x + jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+    return jax.tree.unflatten(
+        treedef, [x + jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    )
 
 
 def _learned_factory(name: str, which: str) -> Factory:

@@ -63,7 +63,7 @@ def test_sizes_shapes_dtypes(name, total, shape, num_classes):
         assert arrays["x"].dtype == x_dtype and arrays["x"].shape[1:] == shape
         assert arrays["y"].dtype == y_dtype and arrays["y"].shape == arrays["x"].shape[:1]
         if num_classes:
-            assert 0 <= arrays["y"].min() and arrays["y"].max() < num_classes
+            assert arrays["y"].min() >= 0 and arrays["y"].max() < num_classes
 
 
 def test_holdout_split_sizes_and_disjoint_indices():

@@ -7,6 +7,8 @@ import pytest
 
 from lopt.data import IdxFormatError, read_idx, read_kjv
 
+pytestmark = pytest.mark.strict_promotion
+
 
 def _idx_bytes(array: np.ndarray, type_byte: int = 0x08) -> bytes:
     header = bytes([0, 0, type_byte, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)

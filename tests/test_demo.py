@@ -13,8 +13,14 @@ from lopt.demo import DemoConfig, heldout_tasks, run_demo
 
 
 def test_demo_small(tmp_path):
-    cfg = DemoConfig(out=str(tmp_path), families=("logistic_regression",), steps=200, seeds=2, eval_every=100,
-                     meta_steps=20)  # fmt: skip
+    cfg = DemoConfig(
+        out=str(tmp_path),
+        families=("logistic_regression",),
+        steps=200,
+        seeds=2,
+        eval_every=100,
+        meta_steps=20,
+    )
     results = run_demo(cfg)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert json.loads((tmp_path / "config.json").read_text())["steps"] == 200
@@ -25,11 +31,18 @@ def test_demo_small(tmp_path):
         best = int(np.nanargmin(valid))
         assert row["adam_best_lr"] == cfg.learning_rates[best]
         assert row["adam_test_loss"] == row["adam_test_loss_per_lr"][best]
-        curves = lopt.evaluate(jax.random.fold_in(jax.random.key(cfg.seed), i), task,
-                               lopt.pretrained(cfg.pretrained), num_steps=200, num_seeds=2, eval_every=100,
-                               eval_splits=("outer_valid", "test"))  # fmt: skip
-        np.testing.assert_allclose(row["pretrained_test_loss"], np.median(curves.eval["test"]["loss"][:, -1]),
-                                   rtol=1e-4)  # fmt: skip
+        curves = lopt.evaluate(
+            jax.random.fold_in(jax.random.key(cfg.seed), i),
+            task,
+            lopt.pretrained(cfg.pretrained),
+            num_steps=200,
+            num_seeds=2,
+            eval_every=100,
+            eval_splits=("outer_valid", "test"),
+        )
+        np.testing.assert_allclose(
+            row["pretrained_test_loss"], np.median(curves.eval["test"]["loss"][:, -1]), rtol=1e-4
+        )
     meta = saved["meta_train"]
     assert len(meta["meta_loss"]) == 20 and np.all(np.isfinite(meta["meta_loss"]))
     assert results["meta_train"]["fresh_tasks"] == 12

@@ -1,4 +1,4 @@
-"""Meta-gradient estimators against exact answers (STYLE.md item 12).
+"""Meta-gradient estimators against exact answers (docs/design.md habit 12).
 
 The reference problem has a closed form: a diagonal quadratic f(x) = ½ Σ λ_i x_i² with a fixed
 start x_0 (the same task for every particle), trained by SGD whose per-group log learning rates are
@@ -125,9 +125,16 @@ def episode_estimates(name: str, num_particles: int, sigma_scale: str = "global"
     tasks (H / K truncations; one full unroll for ES), theta fixed. With ``sigma_scale="rms"`` the
     relative σ is set so that the effective σ is SIGMA again (theta has one leaf)."""
     est = get_estimator(
-        name, learned=OPT, family=FAMILY, static=STATIC, num_particles=num_particles,
-        truncation_length=K, horizon=(H, H), stagger=False, sigma_scale=sigma_scale,
-    )  # fmt: skip
+        name,
+        learned=OPT,
+        family=FAMILY,
+        static=STATIC,
+        num_particles=num_particles,
+        truncation_length=K,
+        horizon=(H, H),
+        stagger=False,
+        sigma_scale=sigma_scale,
+    )
     rms = float(np.sqrt(np.mean(np.square(THETA["log_lr"])))) if sigma_scale == "rms" else 1.0
     hparams = {"sigma": jnp.float32(SIGMA / rms)}
     num = 1 if name == "es" else H // K
@@ -179,9 +186,15 @@ def test_online_es_is_unbiased_when_episodes_end_inside_truncations(name):
     # at the end of the 10th. The mean of the 10 estimates is the gradient of the mean over those
     # 60 steps, i.e. of J, and steps after a restart must be weighted by the new perturbation only.
     est = get_estimator(
-        name, learned=OPT, family=FAMILY, static=STATIC, num_particles=2 * P, truncation_length=6,
-        horizon=(H, H), stagger=False,
-    )  # fmt: skip
+        name,
+        learned=OPT,
+        family=FAMILY,
+        static=STATIC,
+        num_particles=2 * P,
+        truncation_length=6,
+        horizon=(H, H),
+        stagger=False,
+    )
     hparams = {"sigma": jnp.float32(SIGMA)}
 
     def one_seed(key):
@@ -227,9 +240,15 @@ def test_tbptt_is_exact_within_truncations_and_has_the_short_horizon_bias():
     assert float(jnp.exp(greedy[0])) < 0.85 * float(jnp.exp(best[0])), (greedy, best)
 
     est = get_estimator(
-        "tbptt", learned=opt, family=family, static=family.sample_static(None), num_particles=2,
-        truncation_length=trunc, horizon=(horizon, horizon), stagger=False,
-    )  # fmt: skip
+        "tbptt",
+        learned=opt,
+        family=family,
+        static=family.sample_static(None),
+        num_particles=2,
+        truncation_length=trunc,
+        horizon=(horizon, horizon),
+        stagger=False,
+    )
 
     @jit
     def episode_mean(log_lr):
@@ -256,9 +275,16 @@ def test_tbptt_is_exact_within_truncations_and_has_the_short_horizon_bias():
 
 def diverging(name: str, **kw):
     return get_estimator(
-        name, learned=OPT, family=FAMILY, static=STATIC, num_particles=4, truncation_length=40,
-        horizon=(40, 40), stagger=False, **kw,
-    )  # fmt: skip
+        name,
+        learned=OPT,
+        family=FAMILY,
+        static=STATIC,
+        num_particles=4,
+        truncation_length=40,
+        horizon=(40, 40),
+        stagger=False,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("name", ["es", "tbptt"])
@@ -286,9 +312,14 @@ QUAD_OPT = GroupSGD(init_log_lr=(math.log(0.1), math.log(0.1)))
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_contract_shapes_metrics_determinism(name, key):
     est = get_estimator(
-        name, learned=QUAD_OPT, family=QUAD, static=QUAD.sample_static(key), num_particles=3,
-        truncation_length=6, horizon=(4, 9),
-    )  # fmt: skip
+        name,
+        learned=QUAD_OPT,
+        family=QUAD,
+        static=QUAD.sample_static(key),
+        num_particles=3,
+        truncation_length=6,
+        horizon=(4, 9),
+    )
     theta, hparams = QUAD_OPT.init(None), est.default_hparams()
     state = est.init(jax.random.key(1), theta, hparams)
     estimate = jit(est.estimate)
@@ -297,13 +328,23 @@ def test_contract_shapes_metrics_determinism(name, key):
     assert grad["log_lr"].shape == (2,) and grad["log_lr"].dtype == jnp.float32
     assert np.all(np.isfinite(grad["log_lr"])) and np.any(grad["log_lr"] != 0.0)
     binned = {"phase_sum", "phase_count"}
-    assert set(metrics) == {"meta_loss", "meta_loss_weighted", "num_nonfinite", "num_zeroed", "num_resets",
-                            "inner_steps", "num_dropped", *binned}  # fmt: skip
+    assert set(metrics) == {
+        "meta_loss",
+        "meta_loss_weighted",
+        "num_nonfinite",
+        "num_zeroed",
+        "num_resets",
+        "inner_steps",
+        "num_dropped",
+        *binned,
+    }
     assert all(np.shape(v) == () for k, v in metrics.items() if k not in binned)
     assert all(np.shape(metrics[k]) == (PHASE_BINS,) for k in binned)
     # uniform weights: the weighted meta-loss is the plain one; the phase bins hold every counted step
     np.testing.assert_allclose(metrics["meta_loss_weighted"], metrics["meta_loss"], rtol=1e-6)
-    np.testing.assert_allclose(np.sum(metrics["phase_sum"]) / np.sum(metrics["phase_count"]), metrics["meta_loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        np.sum(metrics["phase_sum"]) / np.sum(metrics["phase_count"]), metrics["meta_loss"], rtol=1e-5
+    )
     assert int(metrics["inner_steps"]) == est.inner_steps_per_estimate()
     assert 0.0 < float(metrics["meta_loss"]) < 1.0 and int(metrics["num_resets"]) > 0
     # the state has a fixed structure: a second estimate reuses the compiled program
@@ -345,9 +386,14 @@ def test_pes_with_the_mlp_learned_optimizer(key):
     learned = LEARNED["mlp"]()
     family = get_family("quadratic", dims=(10,))
     est = get_estimator(
-        "pes", learned=learned, family=family, static=family.sample_static(key), num_particles=4,
-        truncation_length=10, horizon=(20, 60),
-    )  # fmt: skip
+        "pes",
+        learned=learned,
+        family=family,
+        static=family.sample_static(key),
+        num_particles=4,
+        truncation_length=10,
+        horizon=(20, 60),
+    )
     theta, hparams = learned.init(key), est.default_hparams()
     outer = optax.adam(1e-3)
 

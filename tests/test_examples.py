@@ -136,18 +136,51 @@ def test_meta_train_by_hand_is_the_trainer_from_config(tmp_path):
     from lopt.optimizers.learned import load_theta
 
     steps, out = 3, tmp_path / "theta.safetensors"
-    argv = ["--steps", str(steps), "--particles", "2", "--truncation", "5", "--horizon", "20", "50",
-            "--lr", "5e-3", "--warmup", "1", "--sigma", "0.02", "--seed", "1", "--out", str(out)]  # fmt: skip
+    argv = [
+        "--steps",
+        str(steps),
+        "--particles",
+        "2",
+        "--truncation",
+        "5",
+        "--horizon",
+        "20",
+        "50",
+        "--lr",
+        "5e-3",
+        "--warmup",
+        "1",
+        "--sigma",
+        "0.02",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+    ]
     result = _load_script("meta_train_by_hand").main(argv)
     by_hand = result["trainer"]
     (est,) = by_hand.estimators
     assert est.loss_reference == 0.0  # the estimator's default: loss_reference="zero" in a config
     cfg = MetaTrainConfig(
-        family="quadratic", space='{"dims": [4]}', num_groups=1, num_particles=2, truncation_length=5,
-        horizon=(20, 50), outer_lr=5e-3, warmup=1, sigma=0.02, seed=1, num_steps=steps, clip=1.0,
-        weight_decay=0.0, loss_reference="zero", objective=est.objective,
-        step_weights=est.step_weights, shaping=est.shaping, drop_diverged=est.drop_diverged,
-    )  # fmt: skip
+        family="quadratic",
+        space='{"dims": [4]}',
+        num_groups=1,
+        num_particles=2,
+        truncation_length=5,
+        horizon=(20, 50),
+        outer_lr=5e-3,
+        warmup=1,
+        sigma=0.02,
+        seed=1,
+        num_steps=steps,
+        clip=1.0,
+        weight_decay=0.0,
+        loss_reference="zero",
+        objective=est.objective,
+        step_weights=est.step_weights,
+        shaping=est.shaping,
+        drop_diverged=est.drop_diverged,
+    )
     built = MetaTrainer.from_config(cfg)
     assert built.estimators == by_hand.estimators
     assert built.weights == by_hand.weights == (1.0,)

@@ -34,13 +34,28 @@ def test_rows_select_adam_on_outer_valid_and_report_test(tmp_path):
     learned = get_learned("mlp")()
     theta = learned.init(jax.random.key(1))
     grid = ADAM_LR_GRID[::5]  # 3 rates keep the test fast; the study uses all 15
-    rows = run_study([task], learned, theta, steps=20, longest_horizon=4, seeds=2, cache=str(tmp_path), grid=grid,
-                     only=("base", "horizon x10"))  # fmt: skip
+    rows = run_study(
+        [task],
+        learned,
+        theta,
+        steps=20,
+        longest_horizon=4,
+        seeds=2,
+        cache=str(tmp_path),
+        grid=grid,
+        only=("base", "horizon x10"),
+    )
     assert [r["variant"] for r in rows] == ["base", "horizon x10"] and rows[-1]["steps"] == 40
     chosen = [v for v in variants(task, 20, 4) if v[0] in ("base", "horizon x10")]
     for r, (_, variant, n) in zip(rows, chosen):
-        again = run_search(variant, lr_search("adam", grid), num_steps=n, num_seeds=2, eval_every=n // 10,
-                           cache=str(tmp_path))  # fmt: skip
+        again = run_search(
+            variant,
+            lr_search("adam", grid),
+            num_steps=n,
+            num_seeds=2,
+            eval_every=n // 10,
+            cache=str(tmp_path),
+        )
         assert again.cached  # the study's own run, read back
         valid = np.where(np.isfinite(score(again)), score(again), np.inf)
         best = int(np.argmin(valid))

@@ -13,8 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt.optimizers.learned import LEARNED, ThetaMismatchError, load_theta, save_theta
-from lopt.optimizers.learned import schedule
+from lopt.optimizers.learned import LEARNED, ThetaMismatchError, load_theta, save_theta, schedule
 from lopt.optimizers.learned.hierarchical import CLIP_DECAY, CLIP_MULT, shape_features
 from lopt.optimizers.learned.hierarchical_v2 import EPS_ABS, EPS_REL, tensor_features
 
@@ -25,17 +24,25 @@ T = 40
 def perturbed(theta, scale=0.5, seed=1):
     leaves, treedef = jax.tree.flatten(theta)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    return jax.tree.unflatten(
+        treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    )
 
 
 def params_tree():
     k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
-    return {"w": jax.random.normal(k1, (7, 5)), "b": 0.1 * jax.random.normal(k2, (5,)), "s": jax.random.normal(k3, ())}
+    return {
+        "w": jax.random.normal(k1, (7, 5)),
+        "b": 0.1 * jax.random.normal(k2, (5,)),
+        "s": jax.random.normal(k3, ()),
+    }
 
 
 def grad_seq(steps, seed=4):
     keys = jax.random.split(jax.random.key(seed), steps)
-    return [jax.tree.map(lambda p, k=k: jax.random.normal(k, jnp.shape(p)) * 0.3, params_tree()) for k in keys]
+    return [
+        jax.tree.map(lambda p, k=k: jax.random.normal(k, jnp.shape(p)) * 0.3, params_tree()) for k in keys
+    ]
 
 
 # one compiled step for every test (theta is an argument); compiled without LLVM's optimizations,
@@ -108,9 +115,13 @@ def test_schedule_values_at_the_start_middle_and_end():
     learned = V2()
     cfg, theta = learned.config, learned.init(jax.random.key(0))
     peak = cfg.peak
-    assert float(learned.step_size(theta, 0, 1000)) == pytest.approx(peak * (1 / 1000 / cfg.warmup)
-                                                                      * (cfg.final + (1 - cfg.final) * 0.5 * (1 + math.cos(math.pi / 1000))), rel=1e-5)  # fmt: skip
-    assert float(learned.step_size(theta, 499, 1000)) == pytest.approx(peak * (1 + cfg.final) / 2, rel=1e-5)  # f = 1/2
+    assert float(learned.step_size(theta, 0, 1000)) == pytest.approx(
+        peak * (1 / 1000 / cfg.warmup) * (cfg.final + (1 - cfg.final) * 0.5 * (1 + math.cos(math.pi / 1000))),
+        rel=1e-5,
+    )
+    assert float(learned.step_size(theta, 499, 1000)) == pytest.approx(
+        peak * (1 + cfg.final) / 2, rel=1e-5
+    )  # f = 1/2
     assert float(learned.step_size(theta, 999, 1000)) == pytest.approx(peak * cfg.final, rel=1e-5)  # f = 1
     assert float(learned.step_size(theta, 5000, 1000)) == pytest.approx(peak * cfg.final, rel=1e-5)  # past T
     w = int(cfg.warmup * 1000)
@@ -131,7 +142,9 @@ def test_num_steps_is_required_and_the_update_keyword_wins():
         opt = learned.transform(theta)
         jax.eval_shape(opt.update, grads, opt.init(params), params)
     state = learned.transform(theta).init(params)
-    bound, _ = jit(lambda g, s, p: learned.transform(theta, num_steps=T).update(g, s, p))(grads, state, params)
+    bound, _ = jit(lambda g, s, p: learned.transform(theta, num_steps=T).update(g, s, p))(
+        grads, state, params
+    )
     late, _ = _step(theta, grads, state, params, None, jnp.int32(T))  # unbound; the keyword gives T
     for x, y in zip(jax.tree.leaves(bound), jax.tree.leaves(late)):  # two programs: equal up to rounding
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=0)
@@ -145,10 +158,13 @@ def test_permuting_a_tensors_entries_permutes_its_update():
     a, _ = run_fixed_params(theta, grads)
     params = params_tree()
     shuffle = {**params, "w": params["w"].reshape(-1)[perm].reshape(7, 5)}
-    b, _ = run_fixed_params(theta, [{**g, "w": g["w"].reshape(-1)[perm].reshape(7, 5)} for g in grads], shuffle)
+    b, _ = run_fixed_params(
+        theta, [{**g, "w": g["w"].reshape(-1)[perm].reshape(7, 5)} for g in grads], shuffle
+    )
     for ua, ub in zip(a, b):
-        np.testing.assert_allclose(np.asarray(ub["w"]).reshape(-1), np.asarray(ua["w"]).reshape(-1)[perm],
-                                   rtol=2e-5, atol=1e-9)  # fmt: skip
+        np.testing.assert_allclose(
+            np.asarray(ub["w"]).reshape(-1), np.asarray(ua["w"]).reshape(-1)[perm], rtol=2e-5, atol=1e-9
+        )
         np.testing.assert_allclose(np.asarray(ub["b"]), np.asarray(ua["b"]), rtol=2e-5, atol=1e-9)
 
 
@@ -160,8 +176,9 @@ def test_features_are_scale_free_and_blank_entries_give_zero():
     rmss = tuple((1 - c) * g * g for c in cfg.rms_decays)
     odd, scale, even, _ = tensor_features(cfg, g, moms, rmss, jnp.mean(g * g))
     c = 1e4
-    odd_c, scale_c, even_c, _ = tensor_features(cfg, c * g, tuple(c * m for m in moms), tuple(c * c * v for v in rmss),
-                                                jnp.mean(c * c * g * g))  # fmt: skip
+    odd_c, scale_c, even_c, _ = tensor_features(
+        cfg, c * g, tuple(c * m for m in moms), tuple(c * c * v for v in rmss), jnp.mean(c * c * g * g)
+    )
     for x, s, xc, sc in zip(odd, scale, odd_c, scale_c):
         np.testing.assert_allclose(np.asarray(x * s), np.asarray(xc * sc), rtol=1e-5, atol=1e-7)
     for e, ec in zip(even, even_c):
@@ -200,18 +217,23 @@ def reference_update(learned, theta, grads, state, params, loss, num_steps):
     s = min(1.0, f / cfg.warmup) * (cfg.final + (1 - cfg.final) * 0.5 * (1 + math.cos(math.pi * f)))
     frac = np.array([f, math.cos(math.pi * f), s])
     names = sorted(grads)  # jax.tree.leaves order of a dict
-    k = len(cfg.mom_decays)
     per, zs = [], []
-    for i, name in enumerate(names):
+    for name in names:
         g = np.clip(np.asarray(grads[name], np.float64).reshape(-1), -clip, clip)
         p = np.asarray(params[name], np.float64).reshape(-1)
-        moms = [np.asarray(state.moms[j][name], np.float64).reshape(-1) * b + (1 - b) * g
-                for j, b in enumerate(cfg.mom_decays)]  # fmt: skip
-        rmss = [np.asarray(state.rmss[j][name], np.float64).reshape(-1) * c + (1 - c) * g * g
-                for j, c in enumerate(cfg.rms_decays)]  # fmt: skip
+        moms = [
+            np.asarray(state.moms[j][name], np.float64).reshape(-1) * b + (1 - b) * g
+            for j, b in enumerate(cfg.mom_decays)
+        ]
+        rmss = [
+            np.asarray(state.rmss[j][name], np.float64).reshape(-1) * c + (1 - c) * g * g
+            for j, c in enumerate(cfg.rms_decays)
+        ]
         n = g.size
         eps = [EPS_REL * v.mean() + EPS_ABS for v in rmss]
-        odd = np.stack([g, *moms, *[m / np.sqrt(v + e) for m in moms for v, e in zip(rmss, eps)]], 1)  # (n, Fo)
+        odd = np.stack(
+            [g, *moms, *[m / np.sqrt(v + e) for m in moms for v, e in zip(rmss, eps)]], 1
+        )  # (n, Fo)
         odd_hat = odd / np.sqrt(np.mean(odd**2, 0) + 1e-30)
         even = np.stack([np.sqrt(v / (v.mean() + EPS_ABS)) for v in rmss], 1)
         mm = np.concatenate(moms)
@@ -221,10 +243,18 @@ def reference_update(learned, theta, grads, state, params, loss, num_steps):
             return np.clip(np.log(abs(x) + 1e-8), -5, 5)
 
         mean_g2 = np.mean(g**2)
-        z = [lg(mm.mean()), lg(max(np.mean(mm**2) - mm.mean() ** 2, 0)), lg(vv.mean()),
-             lg(max(np.mean(vv**2) - vv.mean() ** 2, 0)), lg(p.mean()), np.sign(p.mean()),
-             lg(max(np.mean(p**2) - p.mean() ** 2, 0)), lg(np.sqrt(mean_g2 * n)), lg(np.sqrt(np.mean(p**2) * n)),
-             *shape_features(np.shape(grads[name]))]  # fmt: skip
+        z = [
+            lg(mm.mean()),
+            lg(max(np.mean(mm**2) - mm.mean() ** 2, 0)),
+            lg(vv.mean()),
+            lg(max(np.mean(vv**2) - vv.mean() ** 2, 0)),
+            lg(p.mean()),
+            np.sign(p.mean()),
+            lg(max(np.mean(p**2) - p.mean() ** 2, 0)),
+            lg(np.sqrt(mean_g2 * n)),
+            lg(np.sqrt(np.mean(p**2) * n)),
+            *shape_features(np.shape(grads[name])),
+        ]
         zs.append(np.concatenate([z, frac, loss_feats, np.asarray(state.message, np.float64)]))
         per.append((odd_hat, even, n, name))
     x = np.stack(zs)
@@ -233,7 +263,9 @@ def reference_update(learned, theta, grads, state, params, loss, num_steps):
     c = _sig(gf) * np.asarray(state.lstm_c, np.float64) + _sig(gi) * np.tanh(gg)
     h = _sig(go) * np.tanh(c)
     to_mlp = h @ th["to_mlp"]["w"] + th["to_mlp"]["b"]
-    factor = np.exp(math.log(cfg.tensor_range) * np.tanh(h @ th["to_step"]["w"][:, 0] + th["to_step"]["b"][0]))
+    factor = np.exp(
+        math.log(cfg.tensor_range) * np.tanh(h @ th["to_step"]["w"][:, 0] + th["to_step"]["b"][0])
+    )
     eta = cfg.peak * math.exp(cfg.log_step_mult * float(th["log_step"])) * s
     mlp = th["mlp"]
     out = {}
@@ -241,10 +273,10 @@ def reference_update(learned, theta, grads, state, params, loss, num_steps):
         fo = odd_hat.shape[1]
         tensor_in = np.concatenate([frac, [math.log(n), math.log(len(per))]])
         w0 = mlp["l0"]["w"]
-        bias = mlp["l0"]["b"] + tensor_in @ w0[fo + even.shape[1]:] + to_mlp[i]
+        bias = mlp["l0"]["b"] + tensor_in @ w0[fo + even.shape[1] :] + to_mlp[i]
 
         def f_mlp(xo):
-            a = np.maximum(xo @ w0[:fo] + even @ w0[fo:fo + even.shape[1]] + bias, 0)
+            a = np.maximum(xo @ w0[:fo] + even @ w0[fo : fo + even.shape[1]] + bias, 0)
             j = 1
             while f"l{j}" in mlp:
                 a = np.maximum(a @ mlp[f"l{j}"]["w"] + mlp[f"l{j}"]["b"], 0)
@@ -267,7 +299,9 @@ def test_fused_update_matches_the_float64_reference():
         ref = reference_update(learned, theta, g, state, params, loss, T)
         u, state = _step(theta, g, state, params, jnp.float32(loss), jnp.int32(T))
         for name in ref:
-            np.testing.assert_allclose(np.asarray(u[name]), ref[name], rtol=2e-4, atol=1e-9, err_msg=f"{t} {name}")
+            np.testing.assert_allclose(
+                np.asarray(u[name]), ref[name], rtol=2e-4, atol=1e-9, err_msg=f"{t} {name}"
+            )
 
 
 def test_evaluation_tells_it_the_run_length():

@@ -23,7 +23,14 @@ import optax
 import pytest
 from helpers import assert_trees_close
 
-from lopt.optimizers.learned import LEARNED, MLPOptimizer, ThetaMismatchError, get_learned, load_theta, save_theta
+from lopt.optimizers.learned import (
+    LEARNED,
+    MLPOptimizer,
+    ThetaMismatchError,
+    get_learned,
+    load_theta,
+    save_theta,
+)
 from lopt.validate import UnknownNameError
 
 NAMES = list(LEARNED)
@@ -135,7 +142,13 @@ def test_permutation_equivariance(name, key):
     moved = run(opt, permute(params), 3, losses=losses)
     assert_trees_close([permute(u) for u in base], moved, rtol=1e-5, atol=1e-9)
     # reordering the tensors of the tree (dict keys sort differently) reorders the updates
-    renamed = run(opt, {"a": params["w"], "z": params["b"]}, 3, lambda t, p: {"a": jnp.cos(p["a"]), "z": jnp.cos(p["z"])}, losses)
+    renamed = run(
+        opt,
+        {"a": params["w"], "z": params["b"]},
+        3,
+        lambda t, p: {"a": jnp.cos(p["a"]), "z": jnp.cos(p["z"])},
+        losses,
+    )
     ref = run(opt, params, 3, lambda t, p: {"w": jnp.cos(p["w"]), "b": jnp.cos(p["b"])}, losses)
     assert_trees_close([{"w": u["a"], "b": u["z"]} for u in renamed], ref, rtol=1e-5, atol=1e-9)
 
@@ -213,7 +226,10 @@ class Model:  # an Equinox-style module: a registered dataclass; filtered-out le
 @pytest.mark.parametrize("name", NAMES)
 def test_any_pytree_and_dtype(name, dtype, key):
     params = Model(
-        layers=[Linear(jnp.ones((4, 3), dtype), None), Linear(jnp.full((3, 2), 0.5, dtype), jnp.zeros((2,), dtype))],
+        layers=[
+            Linear(jnp.ones((4, 3), dtype), None),
+            Linear(jnp.full((3, 2), 0.5, dtype), jnp.zeros((2,), dtype)),
+        ],
         scale=jnp.ones((), dtype),
         frozen=None,
     )
@@ -236,7 +252,10 @@ def test_save_load_roundtrip_and_mismatches(tmp_path, key):
     assert_trees_close(loaded, theta, rtol=0, atol=0)
     _, loaded = load_theta(path, learned)
     assert_trees_close(loaded, theta, rtol=0, atol=0)
-    with pytest.raises(ThetaMismatchError, match="theta of the 'hierarchical' learned optimizer; it cannot be loaded into 'mlp'"):
+    with pytest.raises(
+        ThetaMismatchError,
+        match="theta of the 'hierarchical' learned optimizer; it cannot be loaded into 'mlp'",
+    ):
         load_theta(path, LEARNED["mlp"]())
     with pytest.raises(ThetaMismatchError, match="differs from the requested"):
         load_theta(path, LEARNED["hierarchical"](hidden=(8,)))
@@ -247,7 +266,9 @@ def test_save_load_roundtrip_and_mismatches(tmp_path, key):
     class MLPv2(MLPOptimizer):
         version = 2
 
-    with pytest.raises(ThetaMismatchError, match="saved by 'mlp' version 1, but this lopt's 'mlp' is version 2"):
+    with pytest.raises(
+        ThetaMismatchError, match="saved by 'mlp' version 1, but this lopt's 'mlp' is version 2"
+    ):
         load_theta(tmp_path / "mlp.safetensors", MLPv2())
     # not a lopt file, and a theta that does not fit its architecture
     from safetensors.numpy import save_file

@@ -21,6 +21,8 @@ import pytest
 from lopt.optimizers.learned import HierarchicalOptimizer, MLPOptimizer
 from lopt.optimizers.learned.features import STEP_TIMESCALES
 
+pytestmark = pytest.mark.strict_promotion
+
 EPS_V, EPS_N = 1e-24, 1e-30
 STEPS = 6
 
@@ -34,14 +36,20 @@ def grads_at(step):
     """A made-up gradient sequence with tensors of very different scales."""
     key = jax.random.fold_in(jax.random.key(11), step)
     k1, k2, k3 = jax.random.split(key, 3)
-    return {"a": jax.random.normal(k1, (5, 3)), "b": 1e-3 * jax.random.normal(k2, (7,)), "c": 10.0 * jax.random.normal(k3, ())}
+    return {
+        "a": jax.random.normal(k1, (5, 3)),
+        "b": 1e-3 * jax.random.normal(k2, (7,)),
+        "c": 10.0 * jax.random.normal(k3, ()),
+    }
 
 
 def random_theta(learned, key=0):
     theta = learned.init(jax.random.key(key))
     leaves, treedef = jax.tree.flatten(theta)
     keys = jax.random.split(jax.random.key(key + 100), len(leaves))
-    return jax.tree.unflatten(treedef, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    return jax.tree.unflatten(
+        treedef, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    )
 
 
 def mlp_forward(theta_mlp, inputs):
@@ -137,7 +145,9 @@ def reference_hierarchical(learned, theta, params, steps, losses, valid_losses):
             valid_hist.append(valid_losses[t])
             valid_mean = 0.95 * valid_mean + 0.05 * valid_losses[t]
             if train_hist:
-                valid_feat = zscore(valid_mean / (1 - 0.95 ** len(valid_hist)), train_mean * cor, train_var * cor)
+                valid_feat = zscore(
+                    valid_mean / (1 - 0.95 ** len(valid_hist)), train_mean * cor, train_var * cor
+                )
         # dynamic clipping
         clip = clip_ema / (1 - 0.99 ** (t + 1)) * 10.0
         rows, xs = [], {}
@@ -155,16 +165,21 @@ def reference_hierarchical(learned, theta, params, steps, losses, valid_losses):
             shape = params[k].shape
             dims = [1] * (4 - len(shape)) + list(shape)
             rows.append(
-                jnp.concatenate([
-                    jnp.stack(stats),
-                    jnp.stack([clip_log_abs(jnp.linalg.norm(g)), clip_log_abs(jnp.linalg.norm(p))]),
-                    jnp.asarray([1.0 if len(shape) == 0 else -1.0] + [math.log(d) - 1.0 for d in dims]),
-                    jnp.stack([jnp.float32(train_feat), jnp.float32(valid_feat)]),
-                    message,
-                ])
-            )  # fmt: skip
+                jnp.concatenate(
+                    [
+                        jnp.stack(stats),
+                        jnp.stack([clip_log_abs(jnp.linalg.norm(g)), clip_log_abs(jnp.linalg.norm(p))]),
+                        jnp.asarray([1.0 if len(shape) == 0 else -1.0] + [math.log(d) - 1.0 for d in dims]),
+                        jnp.stack([jnp.float32(train_feat), jnp.float32(valid_feat)]),
+                        message,
+                    ]
+                )
+            )
         z = jnp.stack(rows)  # (T, I)
-        gates = jnp.concatenate([z, h], axis=1) @ jnp.concatenate([theta["lstm"]["wx"], theta["lstm"]["wh"]]) + theta["lstm"]["b"][None, :]
+        gates = (
+            jnp.concatenate([z, h], axis=1) @ jnp.concatenate([theta["lstm"]["wx"], theta["lstm"]["wh"]])
+            + theta["lstm"]["b"][None, :]
+        )
         hl = cfg.lstm_hidden
         i_g, f_g, g_g, o_g = (gates[:, j * hl : (j + 1) * hl] for j in range(4))
         c = jax.nn.sigmoid(f_g) * c + jax.nn.sigmoid(i_g) * jnp.tanh(g_g)
@@ -176,9 +191,20 @@ def reference_hierarchical(learned, theta, params, steps, losses, valid_losses):
         for i, k in enumerate(names):
             p = params[k].reshape(-1)
             tensor_inputs = jnp.concatenate(
-                [emb, jnp.stack([clip_log_abs(jnp.linalg.norm(p)), jnp.float32(math.log(p.size)), jnp.float32(math.log(T))])]
+                [
+                    emb,
+                    jnp.stack(
+                        [
+                            clip_log_abs(jnp.linalg.norm(p)),
+                            jnp.float32(math.log(p.size)),
+                            jnp.float32(math.log(T)),
+                        ]
+                    ),
+                ]
             )
-            updates[k] = step_update(cfg, theta, normalize(xs[k]), tensor_inputs, to_mlp[i]).reshape(params[k].shape)
+            updates[k] = step_update(cfg, theta, normalize(xs[k]), tensor_inputs, to_mlp[i]).reshape(
+                params[k].shape
+            )
         clip_ema = 0.99 * clip_ema + 0.01 * jnp.sqrt(1e-8 + sum(mean_sqs) / T)
         all_updates.append(updates)
         params = jax.tree.map(lambda p, u: p + u, params, updates)
@@ -205,7 +231,11 @@ def assert_updates_close(fast, ref):
         for k in a:
             scale = float(jnp.max(jnp.abs(b[k])))
             np.testing.assert_allclose(
-                np.asarray(a[k]), np.asarray(b[k]), rtol=2e-4, atol=2e-5 * scale, err_msg=f"step {t}, tensor {k}"
+                np.asarray(a[k]),
+                np.asarray(b[k]),
+                rtol=2e-4,
+                atol=2e-5 * scale,
+                err_msg=f"step {t}, tensor {k}",
             )
 
 

@@ -19,6 +19,8 @@ from lopt.optimizers.learned import LEARNED, load_theta, save_theta
 from lopt.pretrained import PRETRAINED
 from lopt.validate import ConfigError
 
+pytestmark = pytest.mark.strict_promotion
+
 C_LR = 10.0
 
 
@@ -47,7 +49,9 @@ def test_init_matches_architecture_without_learned_step(name):
     theta = stepped.init(key)
     assert float(theta["log_step"]) == 0.0
     base = {k: v for k, v in theta.items() if k not in ("log_step", "to_step")}
-    assert_trees_close(jax.tree.map(np.asarray, base), jax.tree.map(np.asarray, plain.init(key)), rtol=0, atol=0)
+    assert_trees_close(
+        jax.tree.map(np.asarray, base), jax.tree.map(np.asarray, plain.init(key)), rtol=0, atol=0
+    )
     assert_trees_close(_updates(stepped, theta)[0], _updates(plain, plain.init(key))[0], rtol=0, atol=0)
 
 

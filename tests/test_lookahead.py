@@ -148,9 +148,9 @@ def test_inside_chain_with_clipping():
 
 def test_vmap_over_alpha():
     alphas = jnp.array([0.0, 0.25, 0.5, 1.0])
-    xs = jax.jit(
-        jax.vmap(lambda a: trajectory(lookahead(optax.sgd(LR), k=2, alpha=a), jnp.float32(X0), 12))
-    )(alphas)
+    xs = jax.jit(jax.vmap(lambda a: trajectory(lookahead(optax.sgd(LR), k=2, alpha=a), jnp.float32(X0), 12)))(
+        alphas
+    )
     for row, alpha in zip(np.asarray(xs), [0.0, 0.25, 0.5, 1.0]):
         np.testing.assert_allclose(row, paper_lookahead_sgd(X0, LR, 2, alpha, 12), rtol=1e-5, atol=1e-6)
 

@@ -26,11 +26,35 @@ from lopt.config import MetaTrainConfig, explicit_flags, resolve
 from lopt.meta_train import HeldOutEval, MetaTrainer, OuterState, meta_train, outer_step
 from lopt.validate import ConfigError
 
-TINY = {"family": "quadratic", "space": '{"dims": [4]}', "num_groups": 2, "num_particles": 2, "truncation_length": 5,
-        "horizon": (20, 50), "validate_every": 0, "loss_reference": "zero"}  # fmt: skip
-TINY_FLAGS = ["--family", "quadratic", "--space", '{"dims": [4]}', "--num-groups", "2", "--num-particles", "2",
-              "--truncation-length", "5", "--horizon", "20", "50", "--validate-every", "0",
-              "--loss-reference", "zero"]  # fmt: skip
+TINY = {
+    "family": "quadratic",
+    "space": '{"dims": [4]}',
+    "num_groups": 2,
+    "num_particles": 2,
+    "truncation_length": 5,
+    "horizon": (20, 50),
+    "validate_every": 0,
+    "loss_reference": "zero",
+}
+TINY_FLAGS = [
+    "--family",
+    "quadratic",
+    "--space",
+    '{"dims": [4]}',
+    "--num-groups",
+    "2",
+    "--num-particles",
+    "2",
+    "--truncation-length",
+    "5",
+    "--horizon",
+    "20",
+    "50",
+    "--validate-every",
+    "0",
+    "--loss-reference",
+    "zero",
+]
 
 
 def _run_steps(trainer: MetaTrainer, state, num_steps: int):
@@ -52,6 +76,7 @@ def _bits(tree) -> list[bytes]:
 def _assert_states_close(a, b, rtol=1e-5):
     """Same structure; integer and key leaves equal, float leaves within rtol (another XLA program
     -- a scan over slots -- may fuse differently from calling the estimator by hand)."""
+
     def raw(x):
         return np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
 
@@ -77,9 +102,26 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"), "PYTHONUNBUFFERED": "1"}
 
     def command(out, *extra):
-        return [sys.executable, "-m", "lopt.cli", "meta-train", *TINY_FLAGS, "--num-steps", str(num_steps),
-                "--ckpt-every", "10", "--ckpt-minutes", "0", "--keep", "1000", "--log-every", "1",
-                "--out", str(out), *extra]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "lopt.cli",
+            "meta-train",
+            *TINY_FLAGS,
+            "--num-steps",
+            str(num_steps),
+            "--ckpt-every",
+            "10",
+            "--ckpt-minutes",
+            "0",
+            "--keep",
+            "1000",
+            "--log-every",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
 
     def start(out, *extra):
         with open(tmp_path / f"{out.name}.log", "ab") as log:  # the child keeps its own descriptor
@@ -197,8 +239,17 @@ def test_groups_per_step_draws_groups_and_weights_them_unbiasedly():
     state, data = trainer.init(jax.random.key(0)), trainer.data()
     drawn_ever = set()
     sgd = optax.sgd(1.0)  # theta_new = theta - g exposes g
-    step = jax.jit(lambda s: outer_step(s, data, trainer.hparams, estimators=trainer.estimators,
-                                        weights=trainer.weights, outer_opt=sgd, per_step=2))  # fmt: skip
+    step = jax.jit(
+        lambda s: outer_step(
+            s,
+            data,
+            trainer.hparams,
+            estimators=trainer.estimators,
+            weights=trainer.weights,
+            outer_opt=sgd,
+            per_step=2,
+        )
+    )
     state = state._replace(opt_state=sgd.init(state.theta))
     for _ in range(4):
         new, metrics = step(state)
@@ -209,7 +260,9 @@ def test_groups_per_step_draws_groups_and_weights_them_unbiasedly():
         expected = jax.tree.map(jnp.zeros_like, state.theta)
         for i, k in zip(picks, jax.random.split(k_slots, 2)):
             est = trainer.estimators[i]
-            g, s_i, m = est.estimate(k, state.theta, state.estimator_states[i], trainer.hparams[i], data=data[i])
+            g, s_i, m = est.estimate(
+                k, state.theta, state.estimator_states[i], trainer.hparams[i], data=data[i]
+            )
             w = trainer.weights[i] * num / 2
             expected = jax.tree.map(lambda a, b, w=w: a + w * b, expected, g)
             _assert_states_close(new.estimator_states[i], s_i)
@@ -336,10 +389,25 @@ def test_config_file_overridden_by_explicit_flags(tmp_path):
 # --- end to end -----------------------------------------------------------------------------------
 
 
-QUAD10 = {"family": "quadratic", "space": '{"dims": [10]}', "num_groups": 1, "num_particles": 8,
-          "truncation_length": 50, "horizon": (200, 200), "outer_lr": 3e-3, "warmup": 20, "ckpt_every": 0,
-          "ckpt_minutes": 0, "log_every": 50, "validate_every": 0, "objective": "relative",
-          "loss_reference": "zero", "step_weights": "uniform", "shaping": "none", "drop_diverged": False}  # fmt: skip
+QUAD10 = {
+    "family": "quadratic",
+    "space": '{"dims": [10]}',
+    "num_groups": 1,
+    "num_particles": 8,
+    "truncation_length": 50,
+    "horizon": (200, 200),
+    "outer_lr": 3e-3,
+    "warmup": 20,
+    "ckpt_every": 0,
+    "ckpt_minutes": 0,
+    "log_every": 50,
+    "validate_every": 0,
+    "objective": "relative",
+    "loss_reference": "zero",
+    "step_weights": "uniform",
+    "shaping": "none",
+    "drop_diverged": False,
+}
 
 
 def test_pes_meta_training_beats_its_initialization(tmp_path):
@@ -367,7 +435,9 @@ def test_pes_meta_training_beats_its_initialization(tmp_path):
 def test_pes_meta_training_beats_adam(tmp_path):
     """1000 outer steps of 16 tasks with horizons 100-1000: after 500 steps on 16 fresh 10-d
     quadratics, the trained optimizer beats Adam at lr 1e-3 on most and on the geometric mean."""
-    cfg = MetaTrainConfig(**{**QUAD10, "horizon": (100, 1000), "num_particles": 16}, num_steps=1000, out=str(tmp_path))
+    cfg = MetaTrainConfig(
+        **{**QUAD10, "horizon": (100, 1000), "num_particles": 16}, num_steps=1000, out=str(tmp_path)
+    )
     state = meta_train(cfg, progress=False)
     held_out = HeldOutEval(cfg, MetaTrainer.build(cfg).learned, num_tasks=16, steps=500, seeds=1)
     trained, adam = held_out.losses(state.theta), held_out.adam_losses()

@@ -12,8 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from lopt.estimators.base import ZSCORE_CLIP, shape_pairs
 from lopt.estimators._online import episode_diverged
+from lopt.estimators.base import ZSCORE_CLIP, shape_pairs
 from lopt.tasks.registry import get_family
 from lopt.unroll import FINAL_FRACTION, LOG_FLOOR, Unroller, normalize_meta_loss, phase_bins, step_weight
 
@@ -89,8 +89,9 @@ class SGD:
 @pytest.mark.parametrize("kind", ["ramp", "final"])
 def test_weights_and_phases_do_not_depend_on_theta(kind, key):
     family = get_family("quadratic", dims=(4,))
-    unroller = Unroller(SGD(), family, family.sample_static(key), horizon=(5, 30), step_weights=kind,
-                        objective="log")  # fmt: skip
+    unroller = Unroller(
+        SGD(), family, family.sample_static(key), horizon=(5, 30), step_weights=kind, objective="log"
+    )
     outs = []
     for log_lr in (-4.0, 0.5):  # a slow and a diverging learning rate
         theta = {"log_lr": jnp.float32(log_lr)}
@@ -117,7 +118,9 @@ def test_leaf_scales_closed_form():
     theta = {"a": jnp.array([3.0, -4.0]), "b": jnp.zeros((3,)), "c": jnp.float32(0.5)}
     s = np.asarray(leaf_scales(theta, "rms"))
     rms_a = math.sqrt((9 + 16) / 2)
-    np.testing.assert_allclose(s, [rms_a, rms_a, SIGMA_RMS_FLOOR, SIGMA_RMS_FLOOR, SIGMA_RMS_FLOOR, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        s, [rms_a, rms_a, SIGMA_RMS_FLOOR, SIGMA_RMS_FLOOR, SIGMA_RMS_FLOOR, 0.5], rtol=1e-6
+    )
     np.testing.assert_array_equal(np.asarray(leaf_scales(theta)), np.ones(6))
 
 

@@ -143,8 +143,14 @@ def test_adam8p_schedule_matches_formula():
 
 def test_adam8p_steps_follow_the_schedule():
     """With β1 = β2 = 0 and a constant gradient 1, Adam's direction is 1, so u_t = −η_t from t = 0."""
-    hp = {"learning_rate": 0.1, "b1": 0.0, "b2": 0.0, "eps": 1e-10,
-          "linear_decay": 0.1, "exponential_decay": 0.05}  # fmt: skip
+    hp = {
+        "learning_rate": 0.1,
+        "b1": 0.0,
+        "b2": 0.0,
+        "eps": 1e-10,
+        "linear_decay": 0.1,
+        "exponential_decay": 0.05,
+    }
     opt = BASELINES["adam8p"].make(hp)
     x = jnp.zeros(())
     state = opt.init(x)
@@ -156,8 +162,16 @@ def test_adam8p_steps_follow_the_schedule():
 
 def test_adam8p_matches_numpy_reference():
     """Full Adam8p (L1, L2, both decays) against a float64 loop written from the update rule."""
-    hp = {"learning_rate": 0.05, "b1": 0.8, "b2": 0.95, "eps": 1e-4, "l1": 0.01, "l2": 0.2,
-          "linear_decay": 0.05, "exponential_decay": 0.1}  # fmt: skip
+    hp = {
+        "learning_rate": 0.05,
+        "b1": 0.8,
+        "b2": 0.95,
+        "eps": 1e-4,
+        "l1": 0.01,
+        "l2": 0.2,
+        "linear_decay": 0.05,
+        "exponential_decay": 0.1,
+    }
     grads = grad_sequence()
     ours = jax.jit(lambda g: run(BASELINES["adam8p"].make(hp), g))(grads)
 
@@ -195,7 +209,10 @@ def test_unknown_hparam_names_key_and_lists_valid_keys():
 @pytest.mark.parametrize(
     "hparams, pattern",
     [
-        ({"learning_rate": -1}, r"adam: learning_rate=-1.0 is out of range: it must be in \[1e-08, 10.0\] \("),
+        (
+            {"learning_rate": -1},
+            r"adam: learning_rate=-1.0 is out of range: it must be in \[1e-08, 10.0\] \(",
+        ),
         ({"b1": 1.0}, r"b1=1.0 is out of range: it must be in \[0.0, 0.9999\] \(.*divide by 0"),
         ({"eps": float("nan")}, r"eps=nan is out of range"),
         ({"learning_rate": np.float32(20.0)}, r"learning_rate=20.0 is out of range"),

@@ -40,14 +40,23 @@ def test_pretrained_is_the_transform_of_its_theta(name, key):
 def test_trains_a_held_out_task_without_hyperparameters():
     family = lopt.get_family("logistic_regression", datasets=("iris",))
     task = family.task(family.sample(jax.random.key(0)))
-    curves = lopt.evaluate(jax.random.key(1), task, lopt.pretrained("mlp-small-v1"), num_steps=300, num_seeds=2,
-                           eval_every=100, eval_splits=("test",))  # fmt: skip
+    curves = lopt.evaluate(
+        jax.random.key(1),
+        task,
+        lopt.pretrained("mlp-small-v1"),
+        num_steps=300,
+        num_seeds=2,
+        eval_every=100,
+        eval_splits=("test",),
+    )
     test = np.asarray(curves.eval["test"]["loss"])  # (S, 4)
     assert np.all(test[:, -1] < 0.8 * test[:, 0]), test
 
 
 def test_a_learning_rate_is_refused_with_the_reason():
-    with pytest.raises(TypeError, match=r"takes no learning rate.*step sizes are part of its meta-trained weights"):
+    with pytest.raises(
+        TypeError, match=r"takes no learning rate.*step sizes are part of its meta-trained weights"
+    ):
         lopt.pretrained("mlp-small-v1", learning_rate=1e-3)
     with pytest.raises(TypeError, match="takes no learning rate"):
         lopt.pretrained("mlp-small-v1", 1e-3)

@@ -9,8 +9,14 @@ from lopt.validate import ConfigError
 
 
 def _row(name, score, wins):
-    return {"name": name, "valid/score": score, "valid/wins_global": wins, "valid/wins_per_task": 0,
-            "valid/tasks": 4, "valid/diverged": 0}  # fmt: skip
+    return {
+        "name": name,
+        "valid/score": score,
+        "valid/wins_global": wins,
+        "valid/wins_per_task": 0,
+        "valid/tasks": 4,
+        "valid/diverged": 0,
+    }
 
 
 def test_rank_orders_by_score_then_wins():

@@ -110,15 +110,19 @@ def test_sampling_vmaps_over_configs(name):
     for i in range(4):
         task_i = family.task(TaskConfig(static, jax.tree.map(lambda x: x[i], group.dynamic)))
         p_i = task_i.init(init_key)
-        np.testing.assert_allclose(losses[i], task_i.loss(p_i, init_key, task_i.batch(init_key, "test")), rtol=2e-5)
+        np.testing.assert_allclose(
+            losses[i], task_i.loss(p_i, init_key, task_i.batch(init_key, "test")), rtol=2e-5
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_static_extremes_bound_sampled_sizes(name):
     family = get_family(name)
     small, large = family.static_extremes()
-    n_small, n_large = (_small_task(family).num_params(), family.task(
-        TaskConfig(large, family.sample_dynamic(jax.random.key(0), large))).num_params())
+    n_small, n_large = (
+        _small_task(family).num_params(),
+        family.task(TaskConfig(large, family.sample_dynamic(jax.random.key(0), large))).num_params(),
+    )
     assert n_small <= n_large
     for s in range(6):
         n = family.task(family.sample(jax.random.key(s))).num_params()

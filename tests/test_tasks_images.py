@@ -20,6 +20,8 @@ from lopt.tasks.conv1d import Conv1D, Conv1DStatic
 from lopt.tasks.mlp import MLP, MLPStatic
 from lopt.validate import ConfigError
 
+pytestmark = pytest.mark.strict_promotion
+
 FAMILIES = (MLP(), MLPAutoencoder(), CNN(), Conv1D())
 
 
@@ -238,7 +240,7 @@ def test_image_batches_are_unit_float_rows_of_the_split(family, static, shape):
     batch = fake_task(family, static).batch(jax.random.key(3), "inner_valid")
     x = np.asarray(batch["x"])
     assert x.dtype == np.float32 and x.shape == shape
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     flat = x.reshape(5, -1)
     np.testing.assert_array_equal(flat, flat[:, :1] * np.ones_like(flat))  # each row one constant pixel
     pixel = np.rint(flat[:, 0] * 255).astype(int)  # row i has pixel i % 256 and label i % 10
@@ -263,7 +265,7 @@ def test_init_scale_multiplies_every_weight(family):
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
         np.testing.assert_allclose(b, 2 * a, rtol=1e-6)  # w = N(0, 1) · s / sqrt(fan_in); biases 0
     scales = jax.vmap(lambda k: family.sample_dynamic(k, static)["init_scale"])(jax.random.split(key, 64))
-    assert 0.5 <= float(scales.min()) and float(scales.max()) <= 2.0
+    assert float(scales.min()) >= 0.5 and float(scales.max()) <= 2.0
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
@@ -337,7 +339,7 @@ def test_real_digits_batch_is_unit_float_with_labels():
     batch = task.batch(jax.random.key(0), "train")
     x = np.asarray(batch["x"])
     assert x.shape == (64, 8, 8, 1) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.5
     assert set(np.unique(np.asarray(batch["y"]))) <= set(range(10))
     np.testing.assert_allclose(x * 255, np.rint(x * 255), atol=1e-3)  # uint8 levels / 255
 

@@ -32,6 +32,8 @@ from lopt.tasks.transformer_lm import (
 )
 from lopt.validate import ConfigError
 
+pytestmark = pytest.mark.strict_promotion
+
 V = VOCAB_SIZES["kjv"]
 
 
@@ -118,8 +120,11 @@ def _random_params(task, seed, scale=0.5):
 def test_cell_step_matches_float64_equations(cell):
     e, h, g = 5, 7, {"lstm": 4, "gru": 3}[cell]
     rng = np.random.default_rng(0)
-    p = {"w_x": rng.standard_normal((e, g * h)) / 2, "w_h": rng.standard_normal((h, g * h)) / 2,
-         "b": rng.standard_normal(g * h)}
+    p = {
+        "w_x": rng.standard_normal((e, g * h)) / 2,
+        "w_h": rng.standard_normal((h, g * h)) / 2,
+        "b": rng.standard_normal(g * h),
+    }
     x = rng.standard_normal((3, e))  # (B, E)
     h0, c0 = rng.standard_normal((3, h)), rng.standard_normal((3, h))  # (B, H)
     f32 = lambda a: jax.tree.map(lambda v: v.astype(np.float32), a)  # noqa: E731
@@ -221,10 +226,13 @@ def test_transformer_param_count_formula(layers, d, t):
 
 
 # --- batches, loss and metrics ------------------------------------------------------------------
-@pytest.mark.parametrize("family, static", [
-    (RNNLM(), RNNLMStatic("gru", 4, 4, seq_len=7, batch_size=64)),
-    (TransformerLM(), TransformerLMStatic(1, 8, 2, seq_len=7, batch_size=64)),
-])
+@pytest.mark.parametrize(
+    "family, static",
+    [
+        (RNNLM(), RNNLMStatic("gru", 4, 4, seq_len=7, batch_size=64)),
+        (TransformerLM(), TransformerLMStatic(1, 8, 2, seq_len=7, batch_size=64)),
+    ],
+)
 def test_batches_are_shifted_contiguous_windows_inside_the_split(family, static):
     task = _task(family, static)
     lo = {"train": 0, "inner_valid": 100, "outer_valid": 140, "test": 180}
@@ -260,10 +268,13 @@ def test_next_char_metrics_match_numpy():
     np.testing.assert_allclose(m["accuracy"], (lg.argmax(-1) == t).mean(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("family, static", [
-    (RNNLM(), RNNLMStatic("lstm", 4, 8, seq_len=5, batch_size=4)),
-    (TransformerLM(), TransformerLMStatic(1, 8, 2, seq_len=5, batch_size=4)),
-])
+@pytest.mark.parametrize(
+    "family, static",
+    [
+        (RNNLM(), RNNLMStatic("lstm", 4, 8, seq_len=5, batch_size=4)),
+        (TransformerLM(), TransformerLMStatic(1, 8, 2, seq_len=5, batch_size=4)),
+    ],
+)
 def test_loss_at_small_init_is_log_vocab(family, static):
     task = _task(family, static, init_scale=1e-3)
 

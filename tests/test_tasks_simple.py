@@ -19,6 +19,8 @@ from lopt.tasks.regression import (
 )
 from lopt.validate import ConfigError
 
+pytestmark = pytest.mark.strict_promotion
+
 # ---------------------------------------------------------------------------------------------
 # functions2d
 

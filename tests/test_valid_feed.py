@@ -83,8 +83,14 @@ def unroller_calls(fam, theta, tag: str, num_steps: int = STEPS, valid_every: in
     """One unstaggered particle of meta-training for one truncation of ``num_steps`` steps (within
     its first episode); returns its calls and its task."""
     static = fam.sample(jax.random.key(0)).static
-    unroller = Unroller(Recording(get_learned("hierarchical")(), tag), fam, static, horizon=(100, 100),
-                        valid_every=valid_every, stagger=False)  # fmt: skip
+    unroller = Unroller(
+        Recording(get_learned("hierarchical")(), tag),
+        fam,
+        static,
+        horizon=(100, 100),
+        valid_every=valid_every,
+        stagger=False,
+    )
     CALLS[tag] = []
     state = unroller.init(theta, num_particles=1)
     state, out = jax.jit(lambda k, s: unroller.unroll(k, s, theta, num_steps))(jax.random.key(1), state)
@@ -171,8 +177,12 @@ def test_baseline_curves_do_not_depend_on_the_feed():
     task = fam.task(fam.sample(jax.random.key(4)))
     opt = optax.adam(3e-2)
     num_steps, every = 24, 8
-    runs = [evaluate(jax.random.key(5), task, opt, num_steps=num_steps, num_seeds=2, eval_every=every,
-                     valid_every=v) for v in (1, 10, 1000)]  # fmt: skip
+    runs = [
+        evaluate(
+            jax.random.key(5), task, opt, num_steps=num_steps, num_seeds=2, eval_every=every, valid_every=v
+        )
+        for v in (1, 10, 1000)
+    ]
     for other in runs[1:]:
         for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(other)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -23,12 +23,29 @@ from lopt.optimizers.learned import get_learned, load_theta
 from lopt.tasks.suites import get_suite
 from lopt.tuning import ADAM_LR_GRID, BaselineMaker
 from lopt.validate import ConfigError, UnknownNameError
-from lopt.validation import VALIDATION_SUITES, ValidationSuite, Validator, get_validation_suite, normalized, score
-references_mod = importlib.import_module("lopt.validation.references")  # the module, not the function
+from lopt.validation import (
+    VALIDATION_SUITES,
+    ValidationSuite,
+    Validator,
+    get_validation_suite,
+    normalized,
+    score,
+)
 from lopt.validation.runs import final_losses
 
-TINY_SUITE = ValidationSuite("tiny", "two logistic regressions, T = 40", families=("logistic_regression",),
-                             per_family=2, draws=3, steps=40, seeds=2, long_tasks=1, long_factor=2)  # fmt: skip
+references_mod = importlib.import_module("lopt.validation.references")  # the module, not the function
+
+TINY_SUITE = ValidationSuite(
+    "tiny",
+    "two logistic regressions, T = 40",
+    families=("logistic_regression",),
+    per_family=2,
+    draws=3,
+    steps=40,
+    seeds=2,
+    long_tasks=1,
+    long_factor=2,
+)
 
 
 @pytest.fixture
@@ -60,12 +77,23 @@ def test_valid_suite_is_fixed_several_per_family_and_disjoint_from_test():
     assert len(long) == vs.long_tasks and len({t.family.name for t in long}) == vs.long_tasks
 
 
+def test_confirm_suite_shares_no_task_with_valid():
+    """valid-confirm re-checks a checkpoint chosen on valid on other tasks of the same families."""
+    valid, confirm = get_validation_suite("valid"), get_validation_suite("valid-confirm")
+    a, b = valid.tasks(), confirm.tasks()
+    assert not {t.name for t in a} & {t.name for t in b}
+    assert sorted(t.family.name for t in a) == sorted(t.family.name for t in b)
+    assert confirm.seeds == 3 and confirm.steps == valid.steps
+
+
 def test_score_closed_form():
-    refs = {"tasks": [
-        {"init": 3.0, "per_task": {"loss": 1.0}, "global": {"loss": 1.5}},
-        {"init": 2.0, "per_task": {"loss": 0.0}, "global": {"loss": 0.5}},
-        {"init": 1.0, "per_task": {"loss": 0.5}, "global": {"loss": 0.6}},
-    ]}  # fmt: skip
+    refs = {
+        "tasks": [
+            {"init": 3.0, "per_task": {"loss": 1.0}, "global": {"loss": 1.5}},
+            {"init": 2.0, "per_task": {"loss": 0.0}, "global": {"loss": 0.5}},
+            {"init": 1.0, "per_task": {"loss": 0.5}, "global": {"loss": 0.6}},
+        ]
+    }
     losses = np.array([1.2, -5.0, np.inf])
     m = score(losses, refs)
     n = [(1.2 - 1.0) / 2.0, -1.0, 2.0]  # the second clipped at -1, the diverged one at 2
@@ -106,9 +134,22 @@ def test_learned_adam_at_the_reference_rate_scores_the_reference(tiny_suite):
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(family="quadratic", space='{"dims": [4]}', num_groups=1, num_particles=2, truncation_length=5,
-                horizon=(20, 50), loss_reference="zero", validate_every=4, validation="tiny", ckpt_every=4,
-                ckpt_minutes=0, keep=5, log_every=1, out=str(tmp_path / "run"))  # fmt: skip
+    base = dict(
+        family="quadratic",
+        space='{"dims": [4]}',
+        num_groups=1,
+        num_particles=2,
+        truncation_length=5,
+        horizon=(20, 50),
+        loss_reference="zero",
+        validate_every=4,
+        validation="tiny",
+        ckpt_every=4,
+        ckpt_minutes=0,
+        keep=5,
+        log_every=1,
+        out=str(tmp_path / "run"),
+    )
     return MetaTrainConfig(**{**base, **kw})
 
 
@@ -145,7 +186,9 @@ def test_resume_from_a_portable_checkpoint_restarts_particles(tiny_suite, tmp_pa
     out = tmp_path / "run"
     template = jax.eval_shape(MetaTrainer.from_config(cfg)._init, jax.random.key(cfg.seed))
     state8, _, _ = checkpoint.restore(checkpoint.checkpoint_path(out / "checkpoints", 8), template)
-    for path in checkpoint.list_checkpoints(out / "checkpoints") + checkpoint.list_checkpoints(out / "portable"):
+    for path in checkpoint.list_checkpoints(out / "checkpoints") + checkpoint.list_checkpoints(
+        out / "portable"
+    ):
         path.unlink()
     checkpoint.save(out / "portable", 8, portable(state8), cfg.trajectory(), keep=1)
     console = Console(record=True, width=300)
@@ -177,7 +220,9 @@ def test_resume_passes_over_a_corrupt_checkpoint(tiny_suite, tmp_path, capsys):
 def test_resume_of_a_foreign_run_names_the_file(tmp_path):
     cfg = _cfg(tmp_path, num_steps=4, validate_every=0)
     meta_train(cfg, progress=False)
-    with pytest.raises(checkpoint.CheckpointMismatch, match="ckpt_00000004.safetensors.*config mismatch.*seed"):
+    with pytest.raises(
+        checkpoint.CheckpointMismatch, match="ckpt_00000004.safetensors.*config mismatch.*seed"
+    ):
         meta_train(dataclasses.replace(cfg, seed=99, resume=True), progress=False)
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "ckpt_00000004.safetensors")
 
@@ -185,8 +230,12 @@ def test_resume_of_a_foreign_run_names_the_file(tmp_path):
 def test_best_within_a_cpu_budget():
     from lopt.meta_train.curves import best_within
 
-    rows = [{"cpu_seconds": 600, "valid/score": 0.5, "step": 0}, {"cpu_seconds": 1700, "valid/score": 0.2, "step": 50},
-            {"cpu_seconds": 4000, "valid/score": 0.3, "step": 100}, {"cpu_seconds": 7000, "valid/score": 0.1, "step": 150}]  # fmt: skip
+    rows = [
+        {"cpu_seconds": 600, "valid/score": 0.5, "step": 0},
+        {"cpu_seconds": 1700, "valid/score": 0.2, "step": 50},
+        {"cpu_seconds": 4000, "valid/score": 0.3, "step": 100},
+        {"cpu_seconds": 7000, "valid/score": 0.1, "step": 150},
+    ]
     assert best_within(rows, 0.5)["step"] == 50
     assert best_within(rows, 1.5)["step"] == 50  # 0.3 at step 100 is worse than the kept 0.2
     assert best_within(rows, 2.0)["step"] == 150
@@ -204,8 +253,14 @@ def test_group_reference_is_tuned_adams_best_less_the_margin(monkeypatch, tmp_pa
     static = family.sample_static(jax.random.key(0))
     ref = group_reference(family, static, steps=30, cache=str(tmp_path))
     task = family.task(TaskConfig(static, family.sample_dynamic(jax.random.key(REFERENCE_SEED), static)))
-    res = run_search(task, lr_search("adam", grid=REFERENCE_GRID), num_steps=30, num_seeds=1, eval_every=30,
-                     seed=REFERENCE_SEED)  # fmt: skip
+    res = run_search(
+        task,
+        lr_search("adam", grid=REFERENCE_GRID),
+        num_steps=30,
+        num_seeds=1,
+        eval_every=30,
+        seed=REFERENCE_SEED,
+    )
     s = np.where(failed(res), np.inf, tuning_score(res, "outer_valid"))
     best, init = float(s.min()), init_loss(res, "outer_valid")
     assert ref == pytest.approx(best - REFERENCE_MARGIN * (init - best), rel=1e-6)
@@ -221,8 +276,14 @@ def test_export_run_copies_the_portable_part_only(tiny_suite, tmp_path):
     meta_train(cfg, progress=False)
     files = export_run(str(tmp_path / "run"), str(tmp_path / "exported"), every=3)
     names = sorted(str(p.relative_to(tmp_path / "exported")) for p in files)
-    assert names == ["best.json", "best.safetensors", "config.json", "metrics.jsonl", "portable/ckpt_00000008.safetensors",
-                     "theta.safetensors"]  # fmt: skip
+    assert names == [
+        "best.json",
+        "best.safetensors",
+        "config.json",
+        "metrics.jsonl",
+        "portable/ckpt_00000008.safetensors",
+        "theta.safetensors",
+    ]
     rows = [json.loads(line) for line in (tmp_path / "exported" / "metrics.jsonl").read_text().splitlines()]
     assert {r["step"] for r in rows if "meta_loss" in r} == {3, 6}
     assert [r["step"] for r in rows if "valid/score" in r] == [0, 4, 8]

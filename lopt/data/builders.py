@@ -65,7 +65,7 @@ def build_mnist(root: Path) -> Dataset:
     ((tgz_name, data),) = _files("mnist", root).items()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         members = {
-            f"{s}-{k}": tar.extractfile(f"package/data/{s}-{k}-idx{d}-ubyte").read()
+            f"{s}-{k}": tar.extractfile(f"package/data/{s}-{k}-idx{d}-ubyte").read()  # pyright: ignore[reportOptionalMemberAccess]
             for s in ("train", "t10k")
             for k, d in (("images", 3), ("labels", 1))
         }

@@ -20,13 +20,13 @@ NOISE = 0.05  # moons / circles
 def _moons(n: int, seed: int) -> np.ndarray:
     from sklearn.datasets import make_moons
 
-    return make_moons(n, noise=NOISE, random_state=seed)[0]
+    return np.asarray(make_moons(n, noise=NOISE, random_state=seed)[0])
 
 
 def _circles(n: int, seed: int) -> np.ndarray:
     from sklearn.datasets import make_circles
 
-    return make_circles(n, noise=NOISE, factor=0.5, random_state=seed)[0]
+    return np.asarray(make_circles(n, noise=NOISE, factor=0.5, random_state=seed)[0])
 
 
 def _eight_gaussians(n: int, seed: int) -> np.ndarray:

@@ -29,7 +29,7 @@ the truncation's last step. The two estimators differ only in when a new ε is d
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,13 +90,17 @@ def online_estimate(
     b = jnp.sum(jnp.where(first, 0.0, diff), axis=0) * c  # (P,) weight of ε (episodes begun here)
     live = ~jnp.all(bad, axis=0) if est.drop_diverged else None
     a, b = shape_pairs(a, b, est.shaping, live)
-    grad, zeroed = finite_mean_rows((a[:, None] * accum + b[:, None] * noise) / jnp.square(state.scale)[None], theta)
+    grad, zeroed = finite_mean_rows(
+        (a[:, None] * accum + b[:, None] * noise) / jnp.square(state.scale)[None], theta
+    )
 
     ended, ended_last = jnp.any(done, axis=0), done[-1]  # (P,), (P,)
     new_accum = jnp.where(ended[:, None], jnp.where(ended_last[:, None], 0.0, noise), accum)
     new_state = OnlineESState(inner, new_accum, noise, ended, diverged, state.scale)
     metrics = unroll_metrics(out, zeroed)
-    metrics["num_dropped"] = jnp.sum(jnp.any(bad, axis=0), dtype=jnp.int32) if est.drop_diverged else jnp.int32(0)
+    metrics["num_dropped"] = (
+        jnp.sum(jnp.any(bad, axis=0), dtype=jnp.int32) if est.drop_diverged else jnp.int32(0)
+    )
     return grad, new_state, metrics
 
 

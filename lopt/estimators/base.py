@@ -75,8 +75,10 @@ class GradientEstimator(abc.ABC):
     objective: str = "relative"  # per-step ℓ of the relative excess loss x: "relative" (x) or "log" (log x)
     step_weights: str = "uniform"  # weight of each step by its place in the episode: uniform, ramp, final
     shaping: str = "none"  # ES fitness shaping of the antithetic differences: none, or zscore (`shape_pairs`)
-    drop_diverged: bool = False  # ES: a pair with a non-finite loss contributes nothing until its episode restarts
-    sigma_scale: str = "global"  # ES: σ the same for every coordinate, or rms: σ x each leaf's RMS (`leaf_scales`)
+    # ES: a pair with a non-finite loss contributes nothing until its episode restarts
+    drop_diverged: bool = False
+    # ES: σ the same for every coordinate, or rms: σ x each leaf's RMS (`leaf_scales`)
+    sigma_scale: str = "global"
 
     def __post_init__(self):
         check_range(f"{self.name}.num_particles", self.num_particles, 1, 10_000_000)
@@ -154,8 +156,12 @@ def leaf_scales(theta: PyTree, kind: str = "global") -> jax.Array:
     gradient of the objective smoothed with those per-coordinate σ s."""
     if kind == "global":
         return jnp.ones_like(ravel_pytree(theta)[0])
-    rms = jax.tree.map(lambda x: jnp.full(jnp.shape(x), jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(x))), SIGMA_RMS_FLOOR),
-                                          jnp.result_type(x)), theta)  # fmt: skip
+    rms = jax.tree.map(
+        lambda x: jnp.full(
+            jnp.shape(x), jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(x))), SIGMA_RMS_FLOOR), jnp.result_type(x)
+        ),
+        theta,
+    )
     return ravel_pytree(rms)[0]
 
 
@@ -193,7 +199,9 @@ def finite_mean(grads: PyTree) -> tuple[PyTree, jax.Array]:
     return mean, jnp.sum(~ok, dtype=jnp.int32)
 
 
-def shape_pairs(a: jax.Array, b: jax.Array, kind: str, live: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def shape_pairs(
+    a: jax.Array, b: jax.Array, kind: str, live: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Fitness shaping of per-pair antithetic weights (P,): ``a`` and ``b`` scale a pair's two
     perturbation sums, d = a + b is its total difference.
 

@@ -8,9 +8,9 @@ same task, initialization and batches (common random numbers) -- for a whole epi
     \hat g = \frac{1}{P}\sum_{p=1}^{P} \frac{\epsilon_p}{2\sigma^2}\big(J_p(\theta+\epsilon_p) - J_p(\theta-\epsilon_p)\big),
     \qquad \epsilon_p \sim \mathcal N(0, \sigma^2 I),
 
-J_p the weighted mean normalized meta-loss over the episode's steps (Σ_t ω_t ℓ_t / H_p, `lopt.unroll`). It is an unbiased estimate of the
-gradient of the Gaussian-smoothed objective E_ε[J(θ + ε)], with no truncation bias, at the price
-of a whole episode per estimate (no state carries over between estimates).
+J_p the weighted mean normalized meta-loss over the episode's steps (Σ_t ω_t ℓ_t / H_p,
+`lopt.unroll`). It is an unbiased estimate of the gradient of the Gaussian-smoothed objective
+E_ε[J(θ + ε)], with no truncation bias, at the price of a whole episode per estimate (no state carries over between estimates).
 
 The scan runs horizon[1] steps; a particle with a shorter horizon restarts on a new task after it
 and those steps are masked out, so set ``horizon=(H, H)`` to waste nothing. ``truncation_length``

@@ -36,7 +36,7 @@ def best_within(rows: list[dict], cpu_hours: float, key: str = "valid/score") ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories (name=DIR to label them)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="CPU-hours")
     parser.add_argument("--out", default="", help="write curves.md, curves.json and validation.png here")
@@ -44,10 +44,16 @@ def main(argv: list[str] | None = None) -> dict:
     from lopt import figures
 
     curves, lines = {}, []
-    head = "| run | " + " | ".join(f"best score within {b:g} CPU-h (step)" for b in args.budgets) + " | CPU-h run |"
+    head = (
+        "| run | "
+        + " | ".join(f"best score within {b:g} CPU-h (step)" for b in args.budgets)
+        + " | CPU-h run |"
+    )
     lines += [head, "|---" * (len(args.budgets) + 2) + "|"]
     for spec in args.runs:
-        name, _, path = spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
+        name, _, path = (
+            spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
+        )
         rows = validation_rows(path)
         if not rows:
             continue
@@ -61,8 +67,11 @@ def main(argv: list[str] | None = None) -> dict:
         cells = []
         for b in args.budgets:
             best = best_within(rows, b)
-            cells.append("-" if best is None or rows[-1]["cpu_seconds"] < b * 3600 * 0.98
-                         else f"{best['valid/score']:.4f} ({best['step']})")  # fmt: skip
+            cells.append(
+                "-"
+                if best is None or rows[-1]["cpu_seconds"] < b * 3600 * 0.98
+                else f"{best['valid/score']:.4f} ({best['step']})"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {rows[-1]['cpu_seconds'] / 3600:.2f} |")
     text = "\n".join(lines)
     print(text)

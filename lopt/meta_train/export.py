@@ -46,10 +46,12 @@ def export_run(run: str, dest: str, every: int = 10) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("run")
     parser.add_argument("dest")
-    parser.add_argument("--every", type=int, default=10, help="keep every N-th metrics row (and all validations)")
+    parser.add_argument(
+        "--every", type=int, default=10, help="keep every N-th metrics row (and all validations)"
+    )
     args = parser.parse_args(argv)
     for path in export_run(args.run, args.dest, args.every):
         print(f"{path} ({path.stat().st_size / 1e3:.0f} kB)")

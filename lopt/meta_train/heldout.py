@@ -27,8 +27,16 @@ class HeldOutEval:
     key); a suite name takes the smallest task of each of its families.
     """
 
-    def __init__(self, cfg: MetaTrainConfig, learned: LearnedOptimizer, *, suite: str = "same",
-                 num_tasks: int = 2, steps: int = 1000, seeds: int = 2):  # fmt: skip
+    def __init__(
+        self,
+        cfg: MetaTrainConfig,
+        learned: LearnedOptimizer,
+        *,
+        suite: str = "same",
+        num_tasks: int = 2,
+        steps: int = 1000,
+        seeds: int = 2,
+    ):
         self.make = _transform_of(learned)  # one object per architecture: evaluations compile once
         self.steps, self.seeds = steps, seeds
         self.key = jax.random.fold_in(jax.random.key(cfg.seed), 3)  # not the run's key: evals change nothing

@@ -91,7 +91,9 @@ def meta_train(
     (out / "config.json").write_text(
         json.dumps({"config": resolved, "groups": trainer.describe()}, indent=2) + "\n"
     )
-    console.print(f"config: {out / 'config.json'}; {len(trainer.estimators)} task groups: {', '.join(trainer.describe())}")
+    console.print(
+        f"config: {out / 'config.json'}; {len(trainer.estimators)} task groups: {', '.join(trainer.describe())}"
+    )
     inner_per_step = trainer.inner_steps_per_outer_step()
     log = MetricsLog(out, start)
     cpu_before = log.last("cpu_seconds") or 0.0  # CPU time of the run before this process (resumed)
@@ -107,6 +109,7 @@ def meta_train(
 
     def validate(step: int) -> float:
         nonlocal best
+        assert validator is not None  # called only when cfg.validate_every
         metrics = validator(state.theta, long=cfg.validate_long)
         metrics["cpu_seconds"] = cpu_seconds()
         log.write(step, metrics)
@@ -114,8 +117,12 @@ def meta_train(
         improved = best is None or score < best["score"]
         if improved:
             save_theta(out / "best.safetensors", trainer.learned, state.theta)
-            best = {"step": step, "score": score, "cpu_seconds": metrics["cpu_seconds"],
-                    **{k: v for k, v in metrics.items() if isinstance(v, int | float)}}  # fmt: skip
+            best = {
+                "step": step,
+                "score": score,
+                "cpu_seconds": metrics["cpu_seconds"],
+                **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+            }
             _write_json(out / "best.json", best)
         long = f", at 10 T {metrics['valid_long/score']:.4f}" if "valid_long/score" in metrics else ""
         console.print(
@@ -131,9 +138,14 @@ def meta_train(
             score = validate(0)  # the initialization's score: the start of the curve
         with _progress(console, progress) as bar:
             task = bar.add_task(
-                "meta-train", total=cfg.num_steps, completed=start, outer=0.0, inner=0.0, loss=math.nan,
+                "meta-train",
+                total=cfg.num_steps,
+                completed=start,
+                outer=0.0,
+                inner=0.0,
+                loss=math.nan,
                 valid=score,
-            )  # fmt: skip
+            )
             for step in range(start + 1, cfg.num_steps + 1):
                 state, metrics = step_fn(state, data, trainer.hparams)
                 pending.append((step, metrics))
@@ -149,11 +161,19 @@ def meta_train(
                 if first:  # the first step includes compilation: report it, time from here
                     console.print(f"first outer step (build, compile, run): {now - t_first:.1f} s")
                     t_mark, step_mark = now, step
+                assert t_mark is not None
                 rate = (step - step_mark) / (now - t_mark) if step > step_mark else 0.0
                 cpu = cpu_seconds()
                 for s, m in rows:
-                    log.write(s, {**m, "outer_steps_per_s": rate, "inner_steps_per_s": rate * inner_per_step,
-                                  "cpu_seconds": cpu})  # fmt: skip
+                    log.write(
+                        s,
+                        {
+                            **m,
+                            "outer_steps_per_s": rate,
+                            "inner_steps_per_s": rate * inner_per_step,
+                            "cpu_seconds": cpu,
+                        },
+                    )
                 t_mark, step_mark = now, step
                 if validate_now:
                     score = validate(step)
@@ -163,14 +183,22 @@ def meta_train(
                     manager.save(step, state, cfg.trajectory())
                     checkpoint.save(out / "portable", step, portable(state), cfg.trajectory(), keep=1)
                 loss = rows[-1][1]["meta_loss"]
-                bar.update(task, completed=step, outer=rate, inner=rate * inner_per_step, loss=float(loss),
-                           valid=score)  # fmt: skip
+                bar.update(
+                    task,
+                    completed=step,
+                    outer=rate,
+                    inner=rate * inner_per_step,
+                    loss=float(loss),
+                    valid=score,
+                )
     finally:
         log.close()
     save_theta(out / "theta.safetensors", trainer.learned, state.theta)
     console.print(f"theta saved to {out / 'theta.safetensors'} (skipped updates: {int(state.num_skipped)})")
     if best is not None:
-        console.print(f"best validation score {best['score']:.4f} at step {best['step']}: {out / 'best.safetensors'}")
+        console.print(
+            f"best validation score {best['score']:.4f} at step {best['step']}: {out / 'best.safetensors'}"
+        )
     return state
 
 
@@ -183,7 +211,9 @@ def _resume(cfg: MetaTrainConfig, out: Path, manager: CheckpointManager, state: 
     except TemplateMismatch as err:  # same config, another state structure (an older lopt): portable
         if latest(out / "portable") is None:
             raise
-        console.print(f"[yellow]{err}: the full checkpoints hold another state structure; trying the portable one.[/]")
+        console.print(
+            f"[yellow]{err}: the full checkpoints hold another state structure; trying the portable one.[/]"
+        )
         restored = None
     except CheckpointMismatch:
         raise
@@ -191,7 +221,9 @@ def _resume(cfg: MetaTrainConfig, out: Path, manager: CheckpointManager, state: 
         console.print(f"[yellow]{err}[/]")
         restored = None
     for err in skipped:
-        console.print(f"[yellow]passing over a corrupt checkpoint: {err.path} ({err.cause}); it is left in place.[/]")
+        console.print(
+            f"[yellow]passing over a corrupt checkpoint: {err.path} ({err.cause}); it is left in place.[/]"
+        )
     portable_dir = out / "portable"
     if restored is not None:  # an intact full checkpoint: bitwise, preferred even to a newer portable one
         full_step = restored[2]
@@ -200,21 +232,28 @@ def _resume(cfg: MetaTrainConfig, out: Path, manager: CheckpointManager, state: 
     newest_portable = latest(portable_dir)
     if newest_portable is None:
         if not list_checkpoints(manager.directory):
-            console.print(f"[yellow]--resume: no checkpoint in {manager.directory} or {portable_dir}, "
-                          "starting from step 0.[/]")  # fmt: skip
+            console.print(
+                f"[yellow]--resume: no checkpoint in {manager.directory} or {portable_dir}, "
+                "starting from step 0.[/]"
+            )
             return state, 0
-        raise ConfigError(f"--resume: no intact checkpoint in {manager.directory} and no portable one in "
-                          f"{portable_dir}.")  # fmt: skip
+        raise ConfigError(
+            f"--resume: no intact checkpoint in {manager.directory} and no portable one in {portable_dir}."
+        )
     expect = checkpoint_expectation(cfg, _newest_config(portable_dir))
     got = checkpoint.restore_latest(portable_dir, portable(state), expect_config=expect)
     if got is None:
         raise ConfigError(f"--resume: no intact portable checkpoint in {portable_dir}.")
     p, _, step = got
-    console.print(f"[yellow]resuming from the portable checkpoint of step {step} ({latest(portable_dir)}): theta, "
-                  "the outer optimizer and the key continue; the particles restart on fresh tasks, so the run "
-                  "is not bitwise the uninterrupted one.[/]")  # fmt: skip
+    console.print(
+        f"[yellow]resuming from the portable checkpoint of step {step} ({latest(portable_dir)}): theta, "
+        "the outer optimizer and the key continue; the particles restart on fresh tasks, so the run "
+        "is not bitwise the uninterrupted one.[/]"
+    )
     manager.last_step = step
-    return state._replace(theta=p.theta, opt_state=p.opt_state, step=p.step, key=p.key, num_skipped=p.num_skipped), step
+    return state._replace(
+        theta=p.theta, opt_state=p.opt_state, step=p.step, key=p.key, num_skipped=p.num_skipped
+    ), step
 
 
 def _newest_config(directory: Path) -> dict | None:

@@ -87,6 +87,13 @@ def estimate_groups(
         grads.append(g)
         new_states.append(s)
         group.append(m)
+    grad, metrics = combine_groups(grads, group, weights)
+    return grad, tuple(new_states), metrics
+
+
+def combine_groups(grads: list, group: list, weights: tuple) -> tuple[PyTree, dict[str, jax.Array]]:
+    """(Σ_i w_i ĝ_i, metrics) of every group's estimate and metrics, in group order: the averaging of
+    `estimate_groups`, also used by a learner over estimates that workers computed (`lopt.distributed`)."""
     grad = jax.tree.map(lambda *gs: sum(w * g for w, g in zip(weights, gs)), *grads)  # Σ_i w_i ĝ_i
     losses = jnp.stack([m["meta_loss"] for m in group])  # (G,)
     w = jnp.asarray(weights, jnp.float32)
@@ -96,10 +103,18 @@ def estimate_groups(
         "meta_loss_groups": losses,
         **{name: sum(_get(m, name) for m in group) for name in _SUMMED},
     }
-    return grad, tuple(new_states), _phase_mean(metrics)
+    return grad, _phase_mean(metrics)
 
 
-_SUMMED = ("inner_steps", "num_nonfinite", "num_zeroed", "num_resets", "num_dropped", "phase_sum", "phase_count")
+_SUMMED = (
+    "inner_steps",
+    "num_nonfinite",
+    "num_zeroed",
+    "num_resets",
+    "num_dropped",
+    "phase_sum",
+    "phase_count",
+)
 
 
 def _zero_summed() -> dict[str, jax.Array]:
@@ -120,7 +135,10 @@ def _get(m: dict[str, jax.Array], name: str) -> jax.Array:
 def _phase_mean(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """``meta_loss_phase`` (PHASE_BINS,): mean ℓ by episode phase over every group estimated (NaN: none)."""
     count = metrics["phase_count"]
-    return {**metrics, "meta_loss_phase": jnp.where(count > 0, metrics["phase_sum"] / jnp.maximum(count, 1), jnp.nan)}
+    return {
+        **metrics,
+        "meta_loss_phase": jnp.where(count > 0, metrics["phase_sum"] / jnp.maximum(count, 1), jnp.nan),
+    }
 
 
 def _estimate_sampled(key, theta, states, data, hparams, estimators, weights, per_step):

@@ -21,8 +21,8 @@ from lopt.checkpoint import restore as restore_checkpoint
 from lopt.config import OUTER_ADAMW, MetaTrainConfig, checkpoint_expectation
 from lopt.estimators.base import GradientEstimator
 from lopt.estimators.registry import get_estimator
-from lopt.objective import group_reference
 from lopt.meta_train.outer import OuterState, outer_step
+from lopt.objective import group_reference
 from lopt.optimizers.learned import LearnedOptimizer, get_learned, load_theta
 from lopt.tasks.augment import Reparametrized
 from lopt.tasks.base import TaskFamily, host_rng
@@ -141,14 +141,23 @@ class MetaTrainer:
             "drop_diverged": cfg.drop_diverged,
             "sigma_scale": cfg.sigma_scale,
         }
-        references = [group_reference(f, s, kind=cfg.loss_reference, steps=cfg.horizon[1]) for f, s, _ in groups]
+        references = [
+            group_reference(f, s, kind=cfg.loss_reference, steps=cfg.horizon[1]) for f, s, _ in groups
+        ]
         if any(cfg.reparam):  # the same groups, their tasks' weights rescaled; L_ref stays the base task's
             groups = [(Reparametrized(f, *cfg.reparam), s, n) for f, s, n in groups]
         estimators = tuple(
-            get_estimator(cfg.estimator, learned=learned, family=f, static=s, num_particles=n * cfg.num_particles,
-                          loss_reference=ref, **fields)
+            get_estimator(
+                cfg.estimator,
+                learned=learned,
+                family=f,
+                static=s,
+                num_particles=n * cfg.num_particles,
+                loss_reference=ref,
+                **fields,
+            )
             for (f, s, n), ref in zip(groups, references)
-        )  # fmt: skip
+        )
         hparams = []
         for est in estimators:
             h = est.default_hparams()

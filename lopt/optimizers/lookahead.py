@@ -76,7 +76,7 @@ def lookahead(
     k = int(k)
     if k < 1:
         raise ConfigError(f"lookahead k={k} is out of range: it must be >= 1 (sync every k steps).")
-    if not isinstance(alpha, jax.core.Tracer):
+    if not isinstance(alpha, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
         check_range("lookahead alpha", float(np.asarray(alpha)), 0.0, 1.0)
     inner = optax.with_extra_args_support(optimizer)
 
@@ -92,7 +92,7 @@ def lookahead(
             raise ValueError("lookahead needs params: call update(grads, state, params).")
         inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         count = optax.safe_int32_increment(state.count)
-        sync = count % k == 0  # () bool
+        sync = jnp.asarray(count) % k == 0  # () bool
         fast = optax.apply_updates(params, inner_updates)  # θ' = θ + u, in the params' dtypes
 
         def new_slow(phi, theta_fast):

@@ -78,7 +78,9 @@ def load_pretrained(name: str) -> tuple[LearnedOptimizer, Theta]:
     return load_theta(_entry(name).weights_path)
 
 
-def pretrained(name: str, *args, num_steps: int | None = None, **kwargs) -> optax.GradientTransformationExtraArgs:
+def pretrained(
+    name: str, *args, num_steps: int | None = None, **kwargs
+) -> optax.GradientTransformationExtraArgs:
     """The shipped optimizer ``name`` as an optax transformation (``update`` accepts the keyword-only
     extras ``loss=`` and ``valid_loss=``; without them it runs on gradients alone).
 

@@ -194,7 +194,7 @@ def figure(path: str, studies: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--out", default="docs/short_horizon", help="folder for results.json, table.md, the figure"
     )

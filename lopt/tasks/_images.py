@@ -63,7 +63,11 @@ def size_choices(dataset: str, image_sizes: tuple[int, ...]) -> tuple[int | None
 
 def input_dim(dataset: str, image_size: int | None) -> int:
     """Number of input features once flattened: side² for images, 40 for mnist1d."""
-    return MNIST1D_LENGTH if dataset == "mnist1d" else image_size * image_size
+    if dataset == "mnist1d":
+        return MNIST1D_LENGTH
+    if image_size is None:
+        raise ValueError(f"input_dim({dataset!r}) needs an image_size.")
+    return image_size * image_size
 
 
 def pick(rng, choices: tuple) -> Any:

@@ -9,7 +9,7 @@ A task family samples configurations; a configuration builds a task::
     loss = task.loss(params, key_loss, batch)  # scalar, differentiable in params
     metrics = task.metrics(params, key_loss, batch)  # {"loss": ..., "accuracy": ...}
 
-A configuration has two parts (DESIGN.md):
+A configuration has two parts (docs/design.md):
 
 - ``static``: a frozen, hashable dataclass with the structure (sizes, depth, activation, dataset,
   batch size). It picks the compiled program and is sampled on the host.
@@ -54,7 +54,7 @@ class Task:
 
     dynamic: PyTree
     data: PyTree
-    family: "TaskFamily" = dataclasses.field(metadata=dict(static=True))
+    family: TaskFamily = dataclasses.field(metadata=dict(static=True))
     static: Any = dataclasses.field(metadata=dict(static=True))
 
     @property

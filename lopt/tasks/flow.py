@@ -81,8 +81,11 @@ class Flow(TaskFamily):
 
     def __post_init__(self):
         check_subset("Flow.datasets", self.datasets, DATASETS)
-        for name, values, hi in (("layers", self.layers, 32), ("hiddens", self.hiddens, 4096),
-                                 ("batch_sizes", self.batch_sizes, 8192)):
+        for name, values, hi in (
+            ("layers", self.layers, 32),
+            ("hiddens", self.hiddens, 4096),
+            ("batch_sizes", self.batch_sizes, 8192),
+        ):
             if not values:
                 raise ConfigError(f"Flow.{name} is empty: give at least one value in [1, {hi}].")
             for v in values:

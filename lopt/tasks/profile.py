@@ -83,4 +83,3 @@ def param_range(family: TaskFamily) -> tuple[int, int]:
         task = family.task(TaskConfig(static, dynamic))
         counts.append(task.num_params())
     return min(counts), max(counts)
-

@@ -90,5 +90,3 @@ class Quadratic(TaskFamily):
         z = d["rotation"].T @ (params["x"] - d["center"])  # (n,) coordinates in the eigenbasis
         z = z + d["noise"] * batch["xi"] / jnp.sqrt(d["eigvals"])
         return 0.5 * jnp.sum(d["eigvals"] * z**2)
-
-

@@ -6,8 +6,8 @@ restrict the space, e.g. ``TASKS["mlp"](datasets=("fashion_mnist",))``.
 
 from __future__ import annotations
 
-from lopt.tasks.base import TaskFamily
 from lopt.tasks.autoencoder import MLPAutoencoder
+from lopt.tasks.base import TaskFamily
 from lopt.tasks.cnn import CNN
 from lopt.tasks.conv1d import Conv1D
 from lopt.tasks.flow import Flow

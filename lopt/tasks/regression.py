@@ -96,7 +96,7 @@ def _batch(key, split, task: Task) -> dict:
     k_rows, k_noise = jax.random.split(key)
     bs = task.static.batch_size
     batch = arrays if bs is None else _nn.sample_rows(k_rows, arrays, bs)  # (B, D), (B,)
-    if split == "train" and task.family.feature_noise[1] > 0:  # static: skipped when noise is off
+    if split == "train" and task.family.feature_noise[1] > 0:  # pyright: ignore[reportAttributeAccessIssue]  # static: skipped when noise is off
         eps = jax.random.normal(k_noise, batch["x"].shape, jnp.float32)  # (B, D)
         batch = {"x": batch["x"] + task.dynamic["feature_noise"] * eps, "y": batch["y"]}
     return batch

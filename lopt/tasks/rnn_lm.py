@@ -205,7 +205,7 @@ class RNNLM(TaskFamily):
 
     def static_extremes(self):
         (t_lo, b_lo), (t_hi, b_hi) = window_extremes(self.seq_lens, self.batch_sizes, self.max_tokens)
-        cells = sorted(self.cells, key=_GATES.get)  # fewest gates (GRU) first
+        cells = sorted(self.cells, key=lambda c: _GATES[c])  # fewest gates (GRU) first
         small = RNNLMStatic(cells[0], min(self.embeds), min(self.hiddens), t_lo, b_lo, self.dataset)
         large = RNNLMStatic(cells[-1], max(self.embeds), max(self.hiddens), t_hi, b_hi, self.dataset)
         return small, large

@@ -144,15 +144,19 @@ class TransformerLM(TaskFamily):
 
     def static_extremes(self):
         (t_lo, b_lo), (t_hi, b_hi) = window_extremes(self.seq_lens, self.batch_sizes, self.max_tokens)
-        small = TransformerLMStatic(min(self.num_layers), min(self.widths), min(self.num_heads), t_lo, b_lo,
-                                    self.dataset)
-        large = TransformerLMStatic(max(self.num_layers), max(self.widths), max(self.num_heads), t_hi, b_hi,
-                                    self.dataset)
+        small = TransformerLMStatic(
+            min(self.num_layers), min(self.widths), min(self.num_heads), t_lo, b_lo, self.dataset
+        )
+        large = TransformerLMStatic(
+            max(self.num_layers), max(self.widths), max(self.num_heads), t_hi, b_hi, self.dataset
+        )
         return small, large
 
     def describe(self, static):
-        return (f"{static.dataset} L{static.num_layers} d{static.width} h{static.num_heads}, "
-                f"T{static.seq_len} bs{static.batch_size}")
+        return (
+            f"{static.dataset} L{static.num_layers} d{static.width} h{static.num_heads}, "
+            f"T{static.seq_len} bs{static.batch_size}"
+        )
 
     def load_data(self, static):
         return text_data(static.dataset)
@@ -165,16 +169,18 @@ class TransformerLM(TaskFamily):
         blocks = []
         for k in jax.random.split(k_blocks, s.num_layers):
             k_qkv, k_proj, k_fc, k_out = jax.random.split(k, 4)
-            blocks.append({
-                "ln1": _ln_init(d),
-                "attn": {
-                    "qkv": _nn.dense_init(k_qkv, d, 3 * d, scale),  # (D, 3D) q, k, v
-                    "proj": _nn.dense_init(k_proj, d, d, scale),  # (D, D)
-                },
-                "ln2": _ln_init(d),
-                "fc": _nn.dense_init(k_fc, d, 4 * d, scale),
-                "fc_out": _nn.dense_init(k_out, 4 * d, d, scale),
-            })
+            blocks.append(
+                {
+                    "ln1": _ln_init(d),
+                    "attn": {
+                        "qkv": _nn.dense_init(k_qkv, d, 3 * d, scale),  # (D, 3D) q, k, v
+                        "proj": _nn.dense_init(k_proj, d, d, scale),  # (D, D)
+                    },
+                    "ln2": _ln_init(d),
+                    "fc": _nn.dense_init(k_fc, d, 4 * d, scale),
+                    "fc_out": _nn.dense_init(k_out, 4 * d, d, scale),
+                }
+            )
         return {
             "tok": jax.random.normal(k_tok, (vocab, d), jnp.float32) * scale,  # (V, D)
             "pos": jax.random.normal(k_pos, (s.seq_len, d), jnp.float32) * scale,  # (T, D)

@@ -87,8 +87,11 @@ class VAE(TaskFamily):
     def __post_init__(self):
         check_subset("VAE.datasets", self.datasets, DATASETS)
         check_subset("VAE.image_sizes", self.image_sizes, IMAGE_SIZES)
-        for name, values, hi in (("hiddens", self.hiddens, 4096), ("depths", self.depths, 4),
-                                 ("batch_sizes", self.batch_sizes, 8192)):
+        for name, values, hi in (
+            ("hiddens", self.hiddens, 4096),
+            ("depths", self.depths, 4),
+            ("batch_sizes", self.batch_sizes, 8192),
+        ):
             if not values:
                 raise ConfigError(f"VAE.{name} is empty: give at least one value in [1, {hi}].")
             for v in values:

@@ -10,5 +10,12 @@ from lopt.validation.references import references
 from lopt.validation.suite import VALIDATION_SUITES, ValidationSuite, get_validation_suite
 from lopt.validation.validator import Validator, normalized, score
 
-__all__ = ["VALIDATION_SUITES", "ValidationSuite", "Validator", "get_validation_suite", "normalized", "references",
-           "score"]  # fmt: skip
+__all__ = [
+    "VALIDATION_SUITES",
+    "ValidationSuite",
+    "Validator",
+    "get_validation_suite",
+    "normalized",
+    "references",
+    "score",
+]

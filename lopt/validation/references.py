@@ -67,18 +67,26 @@ def compute(vs: ValidationSuite, tasks: list[Task], steps: int, progress=None) -
     rows = []
     for t, task in enumerate(tasks):
         i = per_task[t]
-        rows.append({
-            "task": task.name,
-            "init": inits[t],
-            "per_task": {"learning_rate": float(ADAM_LR_GRID[i]) if i >= 0 else None, "loss": float(best[t])},
-            "global": {"learning_rate": float(ADAM_LR_GRID[g]),
-                       "loss": float(finals[t, g]) if not bads[t, g] else float("inf")},
-        })  # fmt: skip
+        rows.append(
+            {
+                "task": task.name,
+                "init": inits[t],
+                "per_task": {
+                    "learning_rate": float(ADAM_LR_GRID[i]) if i >= 0 else None,
+                    "loss": float(best[t]),
+                },
+                "global": {
+                    "learning_rate": float(ADAM_LR_GRID[g]),
+                    "loss": float(finals[t, g]) if not bads[t, g] else float("inf"),
+                },
+            }
+        )
     return {"steps": steps, "seeds": vs.seeds, "tasks": rows}
 
 
-def references(vs: ValidationSuite, tasks: list[Task], steps: int, *, cache: str | None = None,
-               progress=None) -> dict[str, Any]:  # fmt: skip
+def references(
+    vs: ValidationSuite, tasks: list[Task], steps: int, *, cache: str | None = None, progress=None
+) -> dict[str, Any]:
     """The references of ``tasks`` at ``steps``: packaged, cached, or computed and cached."""
     key = fingerprint(vs, tasks, steps)
     name = f"{vs.name}-T{steps}.json"

@@ -30,8 +30,17 @@ def run_key(task: Task) -> jax.Array:
 def final_losses(task: Task, make: Any, trials: Any, *, steps: int, seeds: int) -> tuple[np.ndarray, ...]:
     """(final (C, S), init (S,), diverged (C, S)) outer-valid losses of the C ``trials`` (a pytree with
     a leading axis C) built by ``make`` (a static, hashable constructor), ``seeds`` seeds each."""
-    curves = evaluate_hparams(run_key(task), task, trials, make=make, num_steps=steps, num_seeds=seeds,
-                              eval_every=steps, eval_splits=("outer_valid",), eval_batches=EVAL_BATCHES)  # fmt: skip
+    curves = evaluate_hparams(
+        run_key(task),
+        task,
+        trials,
+        make=make,
+        num_steps=steps,
+        num_seeds=seeds,
+        eval_every=steps,
+        eval_splits=("outer_valid",),
+        eval_batches=EVAL_BATCHES,
+    )
     loss = np.asarray(curves.eval["outer_valid"]["loss"])  # (C, S, 2): steps 0 and T
     diverged = np.asarray(curves.diverged_step) < steps
     return loss[..., -1], loss[0, :, 0], diverged

@@ -86,13 +86,17 @@ class Validator:
         return self._tasks
 
     def task_list(self, long: bool) -> tuple[list, int]:
-        return (self.suite.long(self.tasks), self.suite.long_steps) if long else (self.tasks, self.suite.steps)
+        return (
+            (self.suite.long(self.tasks), self.suite.long_steps) if long else (self.tasks, self.suite.steps)
+        )
 
     def references(self, long: bool = False) -> dict[str, Any]:
         if long not in self._refs:
             tasks, steps = self.task_list(long)
             if self.console is not None:
-                self.console.print(f"validation references ({self.suite.name}, {len(tasks)} tasks, T={steps}) ...")
+                self.console.print(
+                    f"validation references ({self.suite.name}, {len(tasks)} tasks, T={steps}) ..."
+                )
             self._refs[long] = references(self.suite, tasks, steps, cache=self.cache)
         return self._refs[long]
 
@@ -102,8 +106,9 @@ class Validator:
         theta1 = jax.tree.map(lambda x: x[None], theta)  # one trial: the constructor stays static
         out = []
         for task in tasks:
-            final, _, diverged = final_losses(task, _transform_of(self.learned), theta1, steps=steps,
-                                              seeds=self.suite.seeds)  # fmt: skip
+            final, _, diverged = final_losses(
+                task, _transform_of(self.learned), theta1, steps=steps, seeds=self.suite.seeds
+            )
             final = np.where(diverged | ~np.isfinite(final), np.inf, final)[0]
             out.append(float(np.median(final)))
         return np.asarray(out)

@@ -41,7 +41,9 @@ class LearnedOptimizer(abc.ABC):
         """``config`` (default: ``config_class()``) with ``overrides`` replacing fields by name."""
         config = self.config_class() if config is None else config
         if not isinstance(config, self.config_class):
-            raise TypeError(f"{self.name}: config must be a {self.config_class.__name__}, got {type(config).__name__}")
+            raise TypeError(
+                f"{self.name}: config must be a {self.config_class.__name__}, got {type(config).__name__}"
+            )
         self.config = dataclasses.replace(config, **overrides)
 
     @abc.abstractmethod

@@ -59,10 +59,25 @@ from lopt.optimizers.learned.base import LearnedOptimizer, Theta, as_f32
 from lopt.optimizers.learned.mlp import global_log_step, init_accumulators, rebuild, skip_init, tensor_update
 
 LSTM_STAT_NAMES = (
-    "mean_m_mag", "mean_m_sign", "var_m", "mean_v_mag", "mean_v_sign", "var_v",
-    "mean_p_mag", "mean_p_sign", "var_p", "norm_g", "norm_p", "is_scalar",
-    "shape0", "shape1", "shape2", "shape3", "train_loss", "valid_loss",
-)  # fmt: skip
+    "mean_m_mag",
+    "mean_m_sign",
+    "var_m",
+    "mean_v_mag",
+    "mean_v_sign",
+    "var_v",
+    "mean_p_mag",
+    "mean_p_sign",
+    "var_p",
+    "norm_g",
+    "norm_p",
+    "is_scalar",
+    "shape0",
+    "shape1",
+    "shape2",
+    "shape3",
+    "train_loss",
+    "valid_loss",
+)
 MLP_TENSOR_NAMES = tuple(f"step_tanh{t:g}" for t in F.STEP_TIMESCALES) + ("norm_p", "log_n", "log_tensors")
 CLIP_DECAY, CLIP_MULT = 0.99, 10.0
 TRAIN_DECAY, VALID_DECAY = 0.9, 0.95
@@ -209,10 +224,14 @@ class HierarchicalOptimizer(LearnedOptimizer):
                 loss_feats=jnp.zeros((2,), jnp.float32),
             )
 
-        def update_fn(grads: Any, state: HierarchicalState, params: Any = None, *, loss=None, valid_loss=None, **extra):
+        def update_fn(
+            grads: Any, state: HierarchicalState, params: Any = None, *, loss=None, valid_loss=None, **extra
+        ):
             del extra
             if params is None:
-                raise ValueError("the hierarchical learned optimizer needs params: call update(grads, state, params).")
+                raise ValueError(
+                    "the hierarchical learned optimizer needs params: call update(grads, state, params)."
+                )
             train_stats, valid_stats, loss_feats = loss_features(state, loss, valid_loss)
             g_leaves, p_leaves = jax.tree.leaves(grads), jax.tree.leaves(params)
             acc_leaves = list(zip(*[jax.tree.leaves(t) for t in state.moms + state.rmss]))
@@ -256,11 +275,15 @@ class HierarchicalOptimizer(LearnedOptimizer):
             )  # (T, lstm_inputs)
             h, c = lstm_cell(theta["lstm"], x, state.lstm_h, state.lstm_c)  # (T, Hl) each
             # 4. the message for the next step, and 5. the LSTM's per-tensor inputs to the MLP
-            message = jnp.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], axis=0)  # (M,)
+            message = jnp.mean(
+                h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], axis=0
+            )  # (M,)
             to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
             log_step = global_log_step(cfg.log_step_mult, theta)
             if log_step is not None:  # per tensor: c_lr·(λ + w·h_k + b)
-                log_step = log_step + cfg.log_step_mult * ((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0])
+                log_step = log_step + cfg.log_step_mult * (
+                    (h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0]
+                )
             emb = F.step_embedding(state.count)
             log_tensors = jnp.full((1,), math.log(max(num_tensors, 1)), jnp.float32)
             updates, new_m, new_v = [], [], []
@@ -268,11 +291,18 @@ class HierarchicalOptimizer(LearnedOptimizer):
                 tensor_inputs = jnp.concatenate([emb, jnp.stack([norm_p, jnp.float32(log_n)]), log_tensors])
                 updates.append(
                     tensor_update(
-                        theta["mlp"], theta["skip"], feats, scale, tensor_inputs,
-                        cfg.step_mult, cfg.exp_mult, p.dtype, extra_bias=to_mlp[i],
+                        theta["mlp"],
+                        theta["skip"],
+                        feats,
+                        scale,
+                        tensor_inputs,
+                        cfg.step_mult,
+                        cfg.exp_mult,
+                        p.dtype,
+                        extra_bias=to_mlp[i],
                         log_step=None if log_step is None else log_step[i],
                     )
-                )  # fmt: skip
+                )
                 new_m.append(moms)
                 new_v.append(rmss)
             avg_sq = sum(mean_sq) / max(num_tensors, 1)

@@ -55,8 +55,8 @@ from lopt.optimizers.learned.base import LearnedOptimizer, Theta, as_f32
 from lopt.optimizers.learned.hierarchical import (
     CLIP_DECAY,
     CLIP_MULT,
-    lstm_cell,
     loss_features,
+    lstm_cell,
     shape_features,
 )
 from lopt.optimizers.learned.mlp import rebuild
@@ -65,10 +65,26 @@ EPS_REL = 1e-12  # ε_j = EPS_REL·mean(v_j) + EPS_ABS in rsqrt(v_j + ε_j): rel
 EPS_ABS = 1e-30
 EPS_DIR = 1e-30  # in d / sqrt(mean d² + EPS_DIR): a zero direction stays 0
 LSTM_STAT_NAMES = (
-    "mean_m_mag", "var_m", "mean_v_mag", "var_v", "mean_p_mag", "mean_p_sign", "var_p", "norm_g", "norm_p",
-    "is_scalar", "shape0", "shape1", "shape2", "shape3", "frac", "cos_frac", "shape_frac", "train_loss",
+    "mean_m_mag",
+    "var_m",
+    "mean_v_mag",
+    "var_v",
+    "mean_p_mag",
+    "mean_p_sign",
+    "var_p",
+    "norm_g",
+    "norm_p",
+    "is_scalar",
+    "shape0",
+    "shape1",
+    "shape2",
+    "shape3",
+    "frac",
+    "cos_frac",
+    "shape_frac",
+    "train_loss",
     "valid_loss",
-)  # fmt: skip
+)
 MLP_TENSOR_NAMES = ("frac", "cos_frac", "shape_frac", "log_n", "log_tensors")
 
 
@@ -100,7 +116,9 @@ class HierarchicalV2Config:
 
     def nominal_index(self) -> int:
         """The odd feature closest to Adam's m·rsqrt(v) (β1 0.9, the slowest γ): the initial direction."""
-        i = min(range(len(self.mom_decays)), key=lambda i: abs(math.log1p(-self.mom_decays[i]) - math.log1p(-0.9)))
+        i = min(
+            range(len(self.mom_decays)), key=lambda i: abs(math.log1p(-self.mom_decays[i]) - math.log1p(-0.9))
+        )
         return self.odd_names().index(f"m{self.mom_decays[i]}*rsqrt_v{self.rms_decays[-1]}")
 
 
@@ -126,7 +144,9 @@ def tensor_features(cfg: HierarchicalV2Config, g, moms, rmss, mean_g2):
     rs = [jax.lax.rsqrt(v + (EPS_REL * mv + EPS_ABS)) for v, mv in zip(rmss, mean_v)]
     odd = [g, *moms, *[m * r for m in moms for r in rs]]
     second = [mean_g2, *[F.dot_self(m) / n for m in moms]]
-    second += [jnp.sum(m * (m / (v + (EPS_REL * mv + EPS_ABS)))) / n for m in moms for v, mv in zip(rmss, mean_v)]
+    second += [
+        jnp.sum(m * (m / (v + (EPS_REL * mv + EPS_ABS)))) / n for m in moms for v, mv in zip(rmss, mean_v)
+    ]
     even = [jnp.sqrt(v * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)]
     return odd, F.scales(jnp.stack(second)), even, mean_v
 
@@ -198,7 +218,11 @@ class HierarchicalV2(LearnedOptimizer):
         """η·s(f) at step ``count`` of ``num_steps``: the update RMS of a tensor whose factor is 1."""
         cfg = self.config
         f = schedule.fraction(count, num_steps)
-        return cfg.peak * jnp.exp(cfg.log_step_mult * theta["log_step"]) * schedule.shape(f, cfg.warmup, cfg.final)
+        return (
+            cfg.peak
+            * jnp.exp(cfg.log_step_mult * theta["log_step"])
+            * schedule.shape(f, cfg.warmup, cfg.final)
+        )
 
     def transform(self, theta: Theta, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
         """The optimizer of ``theta`` for runs of ``num_steps`` steps (``update(..., num_steps=T)`` overrides)."""
@@ -258,12 +282,17 @@ class HierarchicalV2(LearnedOptimizer):
                 p2 = F.dot_self(p32) / n
                 mean_p = jnp.sum(p32) / n
                 z = [
-                    F.clip_log_abs(mean_m), F.clip_log_abs(jnp.maximum(mean_m2 - mean_m * mean_m, 0.0)),
-                    F.clip_log_abs(mv), F.clip_log_abs(jnp.maximum(mean_v2 - mv * mv, 0.0)),
-                    F.clip_log_abs(mean_p), jnp.sign(mean_p), F.clip_log_abs(jnp.maximum(p2 - mean_p * mean_p, 0.0)),
-                    F.clip_log_abs(jnp.sqrt(mean_g2 * n)), F.clip_log_abs(jnp.sqrt(p2 * n)),
+                    F.clip_log_abs(mean_m),
+                    F.clip_log_abs(jnp.maximum(mean_m2 - mean_m * mean_m, 0.0)),
+                    F.clip_log_abs(mv),
+                    F.clip_log_abs(jnp.maximum(mean_v2 - mv * mv, 0.0)),
+                    F.clip_log_abs(mean_p),
+                    jnp.sign(mean_p),
+                    F.clip_log_abs(jnp.maximum(p2 - mean_p * mean_p, 0.0)),
+                    F.clip_log_abs(jnp.sqrt(mean_g2 * n)),
+                    F.clip_log_abs(jnp.sqrt(p2 * n)),
                     *jnp.asarray(shape_features(jnp.shape(g))),
-                ]  # fmt: skip
+                ]
                 lstm_x.append(jnp.stack(z))
                 mean_sq.append(mean_g2)
                 per_tensor.append((odd, scale, even, moms, rmss, math.log(n)))
@@ -279,7 +308,10 @@ class HierarchicalV2(LearnedOptimizer):
             h, c = lstm_cell(theta["lstm"], x, state.lstm_h, state.lstm_c)
             message = jnp.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], axis=0)
             to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
-            factor = jnp.exp(math.log(cfg.tensor_range) * jnp.tanh((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0]))
+            factor = jnp.exp(
+                math.log(cfg.tensor_range)
+                * jnp.tanh((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0])
+            )
             eta = self.step_size(theta, state.count, total)
             w0 = theta["mlp"]["l0"]["w"]
             n_in = len(cfg.odd_names()) + len(cfg.even_names())

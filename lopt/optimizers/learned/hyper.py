@@ -32,7 +32,9 @@ def _per_tensor_lr(theta: Theta, num_slots: int, index: int) -> jax.Array:
 def _scaled(updates: Any, theta: Theta, num_slots: int, sign: float = -1.0) -> Any:
     """u_k ← sign · η_k · u_k for the k-th leaf, in the leaf's dtype."""
     leaves, treedef = jax.tree.flatten(updates)
-    out = [(sign * _per_tensor_lr(theta, num_slots, k) * as_f32(u)).astype(u.dtype) for k, u in enumerate(leaves)]
+    out = [
+        (sign * _per_tensor_lr(theta, num_slots, k) * as_f32(u)).astype(u.dtype) for k, u in enumerate(leaves)
+    ]
     return jax.tree.unflatten(treedef, out)
 
 

@@ -33,7 +33,7 @@ class ThetaMismatchError(ConfigError):
     """A saved theta does not fit the requested learned optimizer (architecture, version or shapes)."""
 
 
-def _flatten(theta: Any, prefix: str = "") -> dict[str, np.ndarray]:
+def _flatten(theta: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(theta, dict):
         out = {}
         for key, value in theta.items():
@@ -111,12 +111,16 @@ def _build(path: str, metadata: dict[str, str]) -> LearnedOptimizer:
     try:
         return build_learned(name, json.loads(metadata["config"]))
     except UnknownNameError as err:
-        raise ThetaMismatchError(f"{path} was saved by a learned optimizer this lopt does not have: {err}") from None
+        raise ThetaMismatchError(
+            f"{path} was saved by a learned optimizer this lopt does not have: {err}"
+        ) from None
     except ConfigError as err:
         raise ThetaMismatchError(f"{path} was saved by a config this lopt does not know: {err}") from None
 
 
-def load_theta(path: str | os.PathLike, learned: LearnedOptimizer | None = None) -> tuple[LearnedOptimizer, Theta]:
+def load_theta(
+    path: str | os.PathLike, learned: LearnedOptimizer | None = None
+) -> tuple[LearnedOptimizer, Theta]:
     """(learned optimizer, theta) from a file written by `save_theta`.
 
     Without ``learned``, the saved architecture is rebuilt from the file. With it, the file must

@@ -180,7 +180,17 @@ class MLPOptimizer(LearnedOptimizer):
                 moms, rmss = F.update_accumulators(spec, g32, acc[:k], acc[k:])
                 feats = F.param_features(g32, p32, moms, rmss)
                 scale = F.scales(F.second_moments(g32, p32, moms, rmss))
-                u = tensor_update(theta["mlp"], theta["skip"], feats, scale, emb, cfg.step_mult, cfg.exp_mult, p.dtype, log_step=log_step)
+                u = tensor_update(
+                    theta["mlp"],
+                    theta["skip"],
+                    feats,
+                    scale,
+                    emb,
+                    cfg.step_mult,
+                    cfg.exp_mult,
+                    p.dtype,
+                    log_step=log_step,
+                )
                 out.append((u, moms, rmss))
             updates = rebuild(grads, [u for u, _, _ in out])
             moms = tuple(rebuild(state.moms[i], [o[1][i] for o in out]) for i in range(k))

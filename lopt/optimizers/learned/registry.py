@@ -39,4 +39,3 @@ def build_learned(name: str, fields: dict[str, Any]) -> LearnedOptimizer:
             f"valid fields: {', '.join(sorted(valid))}."
         )
     return cls(cls.config_class(**{k: json_tuples(v) for k, v in fields.items()}))
-

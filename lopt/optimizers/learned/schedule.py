@@ -27,8 +27,8 @@ def fraction(count: jax.Array, num_steps: jax.Array) -> jax.Array:
 
 def shape(f: jax.Array, warmup: float, final: float) -> jax.Array:
     """s(f): linear warmup over the first ``warmup`` of training, cosine decay to ``final`` at f = 1."""
-    warmup = jnp.asarray(warmup, jnp.float32)  # may be traced (a tuned hparam)
-    warm = jnp.where(warmup > 0, jnp.minimum(1.0, f / jnp.maximum(warmup, 1e-12)), 1.0)
+    w = jnp.asarray(warmup, jnp.float32)  # may be traced (a tuned hparam)
+    warm = jnp.where(w > 0, jnp.minimum(1.0, f / jnp.maximum(w, 1e-12)), 1.0)
     return warm * (final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * f)))
 
 
