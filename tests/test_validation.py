@@ -56,7 +56,7 @@ def tiny_suite(monkeypatch, tmp_path):
 
 
 def test_unknown_suite_lists_the_valid_ones():
-    with pytest.raises(UnknownNameError, match="valid, valid-small"):
+    with pytest.raises(UnknownNameError, match="valid, valid-confirm, valid-small"):
         get_validation_suite("nope")
     with pytest.raises(UnknownNameError, match="validation suite"):
         MetaTrainConfig(validation="nope")

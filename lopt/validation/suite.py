@@ -98,6 +98,13 @@ VALIDATION_SUITES: dict[str, ValidationSuite] = {
             seeds=1,
             long_tasks=2,
         ),
+        ValidationSuite(
+            "valid-confirm",
+            "2 tasks per family of train_nn drawn with another seed (no task of valid), T = 1000, 3 seeds; "
+            "3 tasks at 10 T: confirms a choice made on valid, free of the selection bias of its best-of-N",
+            seed=4321,
+            seeds=3,
+        ),
     )
 }
 
