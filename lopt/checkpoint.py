@@ -17,59 +17,38 @@ payload, so corruption is detected even when the file still parses. Restoring gi
 are bitwise identical to the saved ones (bfloat16, NaN payloads and key bits included), with the
 template's structure and leaf types, which is what makes a resumed run match an uninterrupted one.
 
-Atomicity: a checkpoint is written to a hidden temp file in the same directory, flushed and
-fsynced, renamed over its final name (`os.replace`), and the directory is fsynced. A process
-killed at any moment leaves either the complete file or none under the final name; its temp file
-is ignored by `list_checkpoints` and removed by the next `save`. Only `save` deletes anything:
+Atomicity (`lopt.serialization`, the codec of every lopt file): a checkpoint is written to a
+hidden temp file in the same directory, flushed and fsynced, renamed over its final name
+(`os.replace`), and the directory is fsynced. A process killed at any moment leaves either the
+complete file or none under the final name; its temp file is ignored by `list_checkpoints` and
+removed by the next `save`. Only `save` deletes anything:
 checkpoints beyond the last ``keep``, never the one it just wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
-import math
 import os
 import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lopt import serialization
+
 FORMAT = "lopt.checkpoint"
 FORMAT_VERSION = "1"
 _NAME = re.compile(r"ckpt_(\d{8,})\.safetensors")
 _TEMP = re.compile(r"\.ckpt_\d+\.safetensors\.tmp\.(\d+)\.[0-9a-f]+")
 _ROOT = "<root>"  # tensor name of a state that is a single array (keystr gives "")
-_MAX_HEADER = 100_000_000  # bytes; the safetensors library's own limit
-
-# safetensors dtype codes <-> numpy dtypes (bfloat16 and float8 are ml_dtypes', via jax.numpy).
-_DTYPES = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(jnp.bfloat16),
-    "F8_E4M3": np.dtype(jnp.float8_e4m3fn),
-    "F8_E5M2": np.dtype(jnp.float8_e5m2),
-    "C64": np.dtype(np.complex64),
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U64": np.dtype(np.uint64),
-    "U32": np.dtype(np.uint32),
-    "U16": np.dtype(np.uint16),
-    "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
-}
-_CODES = {dtype: code for code, dtype in _DTYPES.items()}
 
 
 class CheckpointError(Exception):
@@ -132,44 +111,13 @@ def _to_host(state: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     for name, x in zip(names, jax.device_get(leaves)):
         array = np.asarray(x)
         array = array if array.flags.c_contiguous else array.copy(order="C")
-        if array.dtype not in _CODES:
+        if array.dtype not in serialization.CODES:
             raise ValueError(
                 f"state leaf {name} has dtype {array.dtype}, which a checkpoint cannot store; "
-                f"supported: {sorted(str(d) for d in _CODES)} and typed PRNG keys."
+                f"supported: {sorted(str(d) for d in serialization.CODES)} and typed PRNG keys."
             )
         tensors[name] = array
     return tensors, keys
-
-
-def _bytes(array: np.ndarray) -> np.ndarray:
-    return array.reshape(-1).view(np.uint8)  # the raw little-endian bytes, without a copy
-
-
-def _canonical(header: dict) -> bytes:
-    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _encode_header(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[list[str], bytes]:
-    """(tensor names in payload order, the header bytes including their 8-byte length prefix)."""
-    # Widest items first, like the safetensors library, so every tensor is aligned in the file.
-    order = sorted(tensors, key=lambda name: (-tensors[name].dtype.itemsize, name))
-    header: dict[str, Any] = {"__metadata__": dict(metadata)}
-    offset = 0
-    for name in order:
-        array = tensors[name]
-        header[name] = {
-            "dtype": _CODES[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + array.nbytes],
-        }
-        offset += array.nbytes
-    digest = hashlib.sha256(_canonical(header))
-    for name in order:
-        digest.update(_bytes(tensors[name]))
-    header["__metadata__"]["sha256"] = digest.hexdigest()
-    text = json.dumps(header, sort_keys=True).encode()
-    text += b" " * (-len(text) % 8)  # pad so the payload starts 8-byte aligned
-    return order, len(text).to_bytes(8, "little") + text
 
 
 def _config_json(config: Any) -> str:
@@ -179,19 +127,6 @@ def _config_json(config: Any) -> str:
         return json.dumps(config, sort_keys=True)
     except (TypeError, ValueError) as err:
         raise ValueError(f"the config to checkpoint is not JSON-serializable: {err}") from None
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms that cannot open directories (Windows) have no directory fsync
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_temps(directory: Path) -> None:
@@ -240,20 +175,9 @@ def save(
         "config": _config_json(config),
         "prng_keys": json.dumps(keys, sort_keys=True),
     }
-    order, header = _encode_header(tensors, metadata)
     final = checkpoint_path(directory, step)
     temp = directory / f".{final.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
-    try:
-        with open(temp, "xb") as f:
-            f.write(header)
-            f.writelines(_bytes(tensors[name]) for name in order)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
+    serialization.atomic_write(final, serialization.encode(tensors, metadata), temp)
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
             if old != final:
@@ -273,89 +197,21 @@ def _lopt_version() -> str:
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     """(metadata, tensors by name) of a checkpoint file, validated down to its checksum."""
-    try:
-        with open(path, "rb") as f:
-            return _parse(path, f)
-    except OSError as err:
-        raise CheckpointError(path, f"cannot be read: {err.strerror or err}") from None
 
-
-def _parse(path: Path, f: BinaryIO) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """`_read` of an open file: the header, then the layout, then every tensor and the checksum."""
-    size = os.fstat(f.fileno()).st_size
-    if size < 8:
-        raise CheckpointError(path, f"truncated: {size} bytes, less than the 8-byte header length")
-    n = int.from_bytes(f.read(8), "little")
-    if n > _MAX_HEADER:
-        raise CheckpointError(path, f"bad header: its length field says {n} bytes; not a checkpoint")
-    if 8 + n > size:
-        raise CheckpointError(path, f"truncated: the header needs {8 + n} bytes, the file has {size}")
-    try:
-        header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(path, f"bad header: not valid JSON ({err})") from None
-    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
-        raise CheckpointError(path, "bad header: no __metadata__; not a lopt checkpoint")
-    metadata = header["__metadata__"]
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(path, f"not a lopt checkpoint: its metadata has no format={FORMAT!r}")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            path,
-            f"format version mismatch: the file has version {metadata.get('format_version')!r} "
-            f"(written by lopt {metadata.get('lopt_version')}), this lopt reads version {FORMAT_VERSION}",
-        )
-    specs = _tensor_specs(path, header)
-    payload = size - 8 - n
-    expected = specs[-1][3] if specs else 0
-    if payload < expected:
-        raise CheckpointError(
-            path, f"truncated: the header describes {expected} bytes of tensors, the file holds {payload}"
-        )
-    if payload > expected:
-        raise CheckpointError(path, f"corrupt: {payload - expected} unexpected bytes after the tensors")
-    recorded = metadata.pop("sha256", None)
-    digest = hashlib.sha256(_canonical(header))
-    tensors = {}
-    for name, dtype, shape, _ in specs:
-        array = np.empty(shape, dtype)
-        if f.readinto(memoryview(_bytes(array))) != array.nbytes:  # pyright: ignore[reportAttributeAccessIssue]
-            raise CheckpointError(path, "truncated: the file shrank while it was being read")
-        digest.update(_bytes(array))
-        tensors[name] = array
-    if recorded != digest.hexdigest():
-        raise CheckpointError(
-            path,
-            f"checksum mismatch: the contents are corrupt (sha256 {digest.hexdigest()}, recorded {recorded})",
-        )
-    return metadata, tensors
-
-
-def _tensor_specs(path: Path, header: dict) -> list[tuple[str, np.dtype, tuple[int, ...], int]]:
-    """(name, dtype, shape, end offset) of each tensor in payload order; the layout is checked."""
-    specs = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape = _DTYPES[info["dtype"]], tuple(int(d) for d in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(path, f"bad header: tensor {name} has an invalid entry {info!r}") from None
-        if end - begin != math.prod(shape) * dtype.itemsize:
+    def check(metadata: dict) -> None:
+        if metadata.get("format") != FORMAT:
+            raise CheckpointError(path, f"not a lopt checkpoint: its metadata has no format={FORMAT!r}")
+        if metadata.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(
-                path, f"bad header: tensor {name}'s offsets do not match its shape and dtype"
+                path,
+                f"format version mismatch: the file has version {metadata.get('format_version')!r} "
+                f"(written by lopt {metadata.get('lopt_version')}), this lopt reads version {FORMAT_VERSION}",
             )
-        specs.append((begin, name, dtype, shape, end))
-    specs.sort()
-    position = 0
-    for begin, name, _, _, end in specs:
-        if begin != position:
-            raise CheckpointError(
-                path, f"bad header: tensor {name} does not start where the previous one ends"
-            )
-        position = end
-    return [(name, dtype, shape, end) for _, name, dtype, shape, end in specs]
+
+    try:
+        return serialization.read(path, check=check)
+    except serialization.SerializationError as err:
+        raise CheckpointError(path, err.cause) from None
 
 
 def _template_spec(leaf: Any) -> tuple[tuple[int, ...], str]:

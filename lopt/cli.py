@@ -1,4 +1,4 @@
-"""The `lopt` command line: ``lopt data fetch|list``, ``lopt tasks list``, ``lopt demo``.
+"""The `lopt` command line: ``lopt data fetch|list``, ``lopt tasks list``, ``lopt demo``, ``lopt study NAME``, ...
 
 Each leaf command is a plain function whose signature tyro turns into flags.
 """
@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from lopt.config import MetaTrainConfig
-from lopt.demo import DemoConfig
 from lopt.hpo.tune import TuneConfig
 from lopt.report import EvalConfig
+from lopt.studies.demo import DemoConfig
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -65,16 +65,18 @@ def tasks_list(measure: bool = True, steps: int = 200) -> None:
         lo, hi = profile.param_range(family)
         task = profile.representative(family)
         sps, comp = profile.steps_per_second(task, steps) if measure else (float("nan"), float("nan"))
-        table.add_row(name, f"{lo:,} - {hi:,}", task.name, f"{task.num_params():,}", f"{sps:,.0f}", f"{comp:.1f}")
+        table.add_row(
+            name, f"{lo:,} - {hi:,}", task.name, f"{task.num_params():,}", f"{sps:,.0f}", f"{comp:.1f}"
+        )
     console.print(table)
 
 
 def demo(cfg: Annotated[DemoConfig, tyro.conf.arg(name="")] = DemoConfig()) -> None:
     """The main job: the pretrained optimizer vs tuned Adam on held-out tasks, a short meta-training
     run from scratch, and an HTML report with figures (<out>/report.html); prints the summary."""
-    from lopt.demo import run_demo
+    from lopt.studies.demo import run
 
-    run_demo(cfg, console=console)
+    run(cfg, console=console)
 
 
 def eval_(cfg: Annotated[EvalConfig, tyro.conf.arg(name="")] = EvalConfig()) -> None:
@@ -86,8 +88,9 @@ def eval_(cfg: Annotated[EvalConfig, tyro.conf.arg(name="")] = EvalConfig()) -> 
     lookahead-adam-lr-per-task, any baseline name (its defaults), or <baseline>-lr-per-task / -lr-global.
     """
     from lopt.report import run_eval
+    from lopt.studies import report_studies
 
-    run_eval(cfg, console=console)
+    run_eval(cfg, console=console, studies=report_studies(cfg))
 
 
 def report(run: str = "runs/eval", /) -> None:
@@ -97,8 +100,10 @@ def report(run: str = "runs/eval", /) -> None:
         run: the run directory (<out>/<name> of `lopt eval`).
     """
     from lopt.report import load_config, run_eval
+    from lopt.studies import report_studies
 
-    run_eval(load_config(run), require_cache=True, console=console)
+    cfg = load_config(run)
+    run_eval(cfg, require_cache=True, console=console, studies=report_studies(cfg))
 
 
 def meta_train(
@@ -149,8 +154,9 @@ def export_theta(run: str, out: str, /) -> None:
     console.print(f"theta of {trainer.learned.name} at outer step {step} written to {out}")
 
 
-def validate(candidates: tuple[str, ...], /, validation: str = "valid", long: bool = False,
-             out: str = "runs/select") -> None:  # fmt: skip
+def validate(
+    candidates: tuple[str, ...], /, validation: str = "valid", long: bool = False, out: str = "runs/select"
+) -> None:
     """Validate and rank thetas on a validation suite (never the held-out suite): choose what to ship.
 
     Args:
@@ -164,11 +170,11 @@ def validate(candidates: tuple[str, ...], /, validation: str = "valid", long: bo
 
     import jax
 
-    from lopt.selection import main as select
+    from lopt.studies import selection
 
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/lopt/jax"))
-    select([*candidates, "--validation", validation, "--out", out, *(["--long"] if long else [])])
+    selection.run(selection.Config(candidates, validation, long, out))
 
 
 def tune(task: str, /, cfg: Annotated[TuneConfig, tyro.conf.arg(name="")] = TuneConfig()) -> None:
@@ -211,12 +217,31 @@ _USER_ERRORS = _user_errors()
 
 
 def _usage() -> str:
+    from lopt.studies import STUDIES
+
     lines = ["usage: lopt COMMAND [SUBCOMMAND] [--flags]   (add --help to any command)", ""]
     for group, cmds in COMMANDS.items():
         for sub, fn in cmds.items():
             summary = (fn.__doc__ or "").strip().splitlines()[0]
             lines.append(f"  lopt {group} {sub}".rstrip().ljust(24) + summary)
+    for name, summary in STUDIES.items():
+        if name != "demo":  # `lopt demo`, above
+            lines.append(f"  lopt study {name}".ljust(28) + summary)
     return "\n".join(lines)
+
+
+def _study(rest: list[str]) -> None:
+    """``lopt study NAME [--flags]``: the study's Config from the flags, then its run."""
+    from lopt.studies import STUDIES
+    from lopt.studies import main as run_study
+
+    if not rest or rest[0] not in STUDIES:
+        got = repr(rest[0]) if rest else "nothing"
+        sys.exit(f"lopt study: expected one of {sorted(STUDIES)}, got {got}.\n\n{_usage()}")
+    try:
+        run_study(rest[0], rest[1:])
+    except _USER_ERRORS as e:
+        sys.exit(f"lopt study {rest[0]}: {e}".replace("  ", " "))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     group, rest = argv[0], argv[1:]
+    if group == "study":
+        return _study(rest)
     if group not in COMMANDS:
         sys.exit(f"lopt: unknown command {group!r}.\n\n{_usage()}")
     cmds = COMMANDS[group]

@@ -21,15 +21,30 @@ OUTER_ADAMW = "adamw"
 
 # Fields that say where and how often to save: they do not change the trajectory of theta, so a
 # resumed run may change them (every other field must match the checkpoint's config).
-RUN_CONTROL = ("out", "resume", "ckpt_every", "ckpt_minutes", "keep", "log_every", "validate_every", "validation",
-               "validate_long")  # fmt: skip
+RUN_CONTROL = (
+    "out",
+    "resume",
+    "ckpt_every",
+    "ckpt_minutes",
+    "keep",
+    "log_every",
+    "validate_every",
+    "validation",
+    "validate_long",
+)
 # Fields of older lopt versions that no longer exist (the held-out evaluation during meta-training,
 # replaced by the validation protocol): ignored when an old run's config is read.
 RETIRED = ("eval_every", "eval_suite", "eval_tasks", "eval_steps", "eval_seeds")
 # Fields added with a default that changes the trajectory, and the value an older run (whose
 # config lacks them) was trained with.
-LEGACY = {"objective": "relative", "loss_reference": "zero", "step_weights": "uniform", "shaping": "none",
-          "drop_diverged": False, "group_sampling": "uniform"}  # fmt: skip
+LEGACY = {
+    "objective": "relative",
+    "loss_reference": "zero",
+    "step_weights": "uniform",
+    "shaping": "none",
+    "drop_diverged": False,
+    "group_sampling": "uniform",
+}
 GROUP_SAMPLINGS = ("stratified", "uniform")
 
 
@@ -40,22 +55,27 @@ class MetaTrainConfig:
     # --- what is learned ------------------------------------------------------------------------
     learned: str = "mlp"  # learned optimizer to meta-train (mlp, hierarchical, adam_lr, sgdm)
     arch: str = ""  # JSON overrides of its architecture config, e.g. '{"log_step_mult": 10}' ("": defaults)
-    init_theta: str = ""  # theta file (save_theta) to start from instead of a fresh init: fine-tuning ("": init)
+    # theta file (save_theta) to start from instead of a fresh init: fine-tuning ("": init)
+    init_theta: str = ""
     # --- tasks ----------------------------------------------------------------------------------
     suite: str = "train_nn"  # meta-training task suite (lopt.tasks.suites); ignored with --family
     family: str = ""  # meta-train on this one task family instead of the suite ("": the suite)
     space: str = ""  # JSON kwargs restricting --family's sampling space, e.g. '{"dims": [10]}'
     num_groups: int = 4  # G: static task groups sampled at the start; compile time grows with distinct ones
-    reparam: tuple[float, float] = (0.0, 0.0)  # log10 half-widths of tasks' random global and per-tensor weight scales (0 0: off)
-    group_sampling: str = "stratified"  # the groups' families: stratified (each family G/F times, +-1) or uniform draws
+    # log10 half-widths of tasks' random global and per-tensor weight scales (0 0: off)
+    reparam: tuple[float, float] = (0.0, 0.0)
+    # the groups' families: stratified (each family G/F times, +-1) or uniform draws
+    group_sampling: str = "stratified"
     groups_per_step: int = 0  # S: groups estimated per outer step, drawn anew each step (0: all G)
     num_particles: int = 8  # P: tasks per group, vmapped (ES-type estimators run 2P unrolls); 8-32
     # --- estimator ------------------------------------------------------------------------------
     estimator: str = "pes"  # meta-gradient estimator: pes (default), nres, es (full unrolls), tbptt
     truncation_length: int = 50  # K: inner steps per outer step and particle; 20-100
-    horizon: tuple[int, int] = (200, 2000)  # inner training lengths, log-uniform; covers the evaluation T = 1000
+    # inner training lengths, log-uniform; covers the evaluation T = 1000
+    horizon: tuple[int, int] = (200, 2000)
     sigma: float = 0.01  # σ: std of the ES perturbations of theta; ~1% of theta's scale
-    sigma_scale: str = "global"  # global: σ for every coordinate; rms: σ x each theta leaf's RMS (floored at 0.01)
+    # global: σ for every coordinate; rms: σ x each theta leaf's RMS (floored at 0.01)
+    sigma_scale: str = "global"
     valid_every: int = 10  # E: inner steps between inner-valid losses fed to the optimizer
     meta_split: str = "outer_valid"  # meta-loss split: outer_valid, or train (cheaper, rewards fitting)
     meta_clip: float = 3.0  # relative excess loss x clipped at c (log: log c); NaN/inf count as the clip
@@ -74,8 +94,10 @@ class MetaTrainConfig:
     clip: float = 1.0  # clip the meta-gradient to this global norm before the outer optimizer (0: off)
     num_steps: int = 1000  # total outer steps (a resumed run continues up to it)
     # --- validation ----------------------------------------------------------------------------
-    validate_every: int = 100  # outer steps between validations of the unperturbed theta, and one at the end (0: none)
-    validation: str = "valid"  # validation suite (lopt.validation): fixed train_nn tasks with stored Adam references
+    # outer steps between validations of the unperturbed theta, and one at the end (0: none)
+    validate_every: int = 100
+    # validation suite (lopt.validation): fixed train_nn tasks with stored Adam references
+    validation: str = "valid"
     validate_long: bool = False  # also run the suite's long subset (10 x T) at every validation
     # --- outputs --------------------------------------------------------------------------------
     out: str = "runs/meta"  # output directory: config.json, metrics.jsonl, checkpoints/, theta.safetensors
@@ -111,7 +133,9 @@ class MetaTrainConfig:
         check_range("truncation_length", self.truncation_length, 1, 1_000_000)
         check_range("sigma", self.sigma, 1e-12, 1e6)
         if self.init_theta and not os.path.isfile(self.init_theta):
-            raise ConfigError(f"init_theta={self.init_theta!r} is not a file: give a theta file written by save_theta.")
+            raise ConfigError(
+                f"init_theta={self.init_theta!r} is not a file: give a theta file written by save_theta."
+            )
         check_choice("outer_opt", self.outer_opt, (OUTER_ADAMW, *LEARNED))
         if self.outer_theta and self.outer_opt == OUTER_ADAMW:
             raise ConfigError(
@@ -137,7 +161,9 @@ class MetaTrainConfig:
         check_choice("shaping", self.shaping, SHAPINGS)
         check_choice("sigma_scale", self.sigma_scale, SIGMA_SCALES)
         if self.objective == "log" and self.meta_clip <= 1.0:
-            raise ConfigError(f"meta_clip={self.meta_clip}: with objective=log it must exceed 1 (the clip is log c).")
+            raise ConfigError(
+                f"meta_clip={self.meta_clip}: with objective=log it must exceed 1 (the clip is log c)."
+            )
         check_range("log_every", self.log_every, 1, 1_000_000_000)
         check_range("ckpt_every", self.ckpt_every, 0, 1_000_000_000)
         check_range("ckpt_minutes", self.ckpt_minutes, 0.0, 1e9)
@@ -152,7 +178,9 @@ class MetaTrainConfig:
         except ValueError as err:
             raise ConfigError(f"arch={self.arch!r} is not valid JSON: {err}") from None
         if not isinstance(arch, dict):
-            raise ConfigError(f"arch={self.arch!r} must be a JSON object of {self.learned!r} architecture fields.")
+            raise ConfigError(
+                f"arch={self.arch!r} must be a JSON object of {self.learned!r} architecture fields."
+            )
         try:
             return build_learned(self.learned, arch)
         except ConfigError as err:
@@ -251,3 +279,112 @@ def explicit_flags(argv: list[str]) -> set[str]:
         elif name.startswith("no_") and name[3:] in names:
             found.add(name[3:])
     return found
+
+
+# --- lopt eval (lopt.report) ---------------------------------------------------------------------
+
+# the methods `lopt eval` compares by default (names of lopt.tuning.METHODS)
+DEFAULT_METHODS = (
+    "adam-lr-global",
+    "adam-lr-per-task",
+    "adam-cosine-lr-per-task",
+    "adam8p-per-task",
+    "nadamw-list",
+    "lookahead-adam-lr-per-task",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """`lopt eval`: optimizers × suite tasks × seeds, tuned baselines, a report (defaults: ~15-20 min on 2 cores)."""
+
+    name: str = "eval"  # report name: everything goes to <out>/<name>/
+    out: str = "runs"  # parent directory of reports
+    suite: str = "test"  # task suite: "test" (held out, for reports) or "train" (meta-training tasks)
+    per_family: int = 1  # tasks per family of the suite (cost grows linearly)
+    # per family, sample this many and keep the per_family cheapest (1: plain random sample)
+    candidates: int = 3
+    families: tuple[str, ...] = ()  # keep only these families of the suite (empty: all)
+    steps: int = 1000  # training steps per run; 1000-2000 is affordable on a laptop CPU
+    seeds: int = 3  # seeds per setting, vmapped; selection and tables use their median
+    eval_every: int = 100  # steps between inner-valid / outer-valid / test evaluations (divides steps)
+    eval_batches: int = 4  # batches averaged per evaluation
+    # methods: METHODS names, a baseline name, <baseline>-lr-per-task
+    optimizers: tuple[str, ...] = DEFAULT_METHODS
+    adam8p_trials: int = 10  # random-search trials of adam8p-per-task
+    nadamw_trials: int = 10  # first N entries of the ordered NAdamW list (nadamw-list)
+    lookahead_study: bool = True  # add the Lookahead study (Adam / SGD with and without Lookahead, lr sweeps)
+    study_tasks: int = 3  # tasks of different families in the study (the cheapest of the suite)
+    seed: int = 0  # seed of task sampling, runs and the Adam8p random search
+    cache: str = ""  # cache of tuned runs ("": $LOPT_CACHE, else runs/cache); a report re-reads it
+
+    def __post_init__(self):
+        check_range("steps", self.steps, 1, 10_000_000)
+        check_range("seeds", self.seeds, 1, 10_000)
+        check_range("per_family", self.per_family, 1, 1000)
+        check_range("candidates", self.candidates, 1, 1000)
+        check_range("eval_every", self.eval_every, 1, self.steps)
+        if self.steps % self.eval_every:
+            raise ConfigError(
+                f"steps={self.steps} must be a multiple of eval_every={self.eval_every} "
+                "(evaluations happen at 0, E, 2E, ..., steps)."
+            )
+        if not self.optimizers:
+            raise ConfigError("optimizers is empty: give at least one (e.g. adam-lr-per-task).")
+        if len(set(self.optimizers)) != len(self.optimizers):
+            raise ConfigError(f"optimizers={self.optimizers} lists a name twice.")
+
+
+# --- lopt tune (lopt.hpo.tune) -------------------------------------------------------------------
+
+TUNE_METHODS = ("pes", "es", "nres", "unrolled", "truncated", "ift", "grid", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """Configuration of `lopt tune` (every field a flag: ``--num-steps 500``)."""
+
+    optimizer: str = "adam"  # a baseline (lopt.optimizers.BASELINES) whose hparams are tuned
+    hparams: str = "learning_rate"  # comma-separated hparams to tune, e.g. learning_rate,weight_decay
+    method: str = "pes"  # pes | es | nres | unrolled | truncated | ift | grid | random
+    start: str = ""  # start values, e.g. "learning_rate=1e-3" (default: the baseline's defaults)
+    # search ranges, e.g. "learning_rate=1e-6:0.1" (default: DEFAULT_RANGES, else valid ranges)
+    ranges: str = ""
+    num_steps: int = 1000  # T: inner steps of one training run (what the tuned hparams are for)
+    num_seeds: int = 3  # seeds of every full run (grid points, random draws, final evaluation)
+    grid_size: int = 15  # G: the reference grid's points; the default budget is G * seeds * T / 3
+    budget: int = 0  # inner steps the method may spend (tuning + final evaluation); 0: the default
+    task_seed: int = 0  # the task: TASK's family sampled from this seed (static and dynamic values)
+    seed: int = 0  # randomness of the method (batches, perturbations, draws)
+    # es/pes/nres defaults measured in benchmarks/hpo.py (BENCHMARKS.md, issue 14): P = 2, K = 50, outer
+    # lr 0.15, σ 0.3 reach a 15-point lr grid within 0.3% on 2 of 3 tasks at a third of its steps;
+    # P = 8, K = 100 makes ~8 outer steps in the default budget and barely moves the rate.
+    outer_lr: float = 0.15  # Adam's step on theta (log-hparams) per hypergradient; 0.15 ≈ x1.16 per step
+    num_particles: int = 2  # es/pes/nres: P antithetic pairs per estimate
+    truncation: int = 50  # pes/nres/truncated: K inner steps per estimate / online update
+    sigma: float = 0.3  # es/pes/nres: σ of the perturbations of log-hparams (0.3: ±35%)
+    step_weights: str = "final"  # es/pes/nres: which steps' losses count (lopt.unroll): final quarter
+    ift_iters: int = 50  # ift: CG iterations of the inverse-Hessian-vector product
+    ift_damping: float = 1e-3  # ift: δ added to the Hessian (a non-convex task's is not PD)
+    eval_batches: int = 4  # batches per evaluation of a loss
+    compare: bool = True  # also run a grid and a random search of equal compute
+    out: str = "runs/tune"  # run folder: results.json, tune.png
+
+    def __post_init__(self):
+        check_choice("method", self.method, TUNE_METHODS)
+        check_range("num_steps", self.num_steps, 1, 10_000_000)
+        check_range("num_seeds", self.num_seeds, 1, 1000)
+        check_range("grid_size", self.grid_size, 1, 10_000)
+        check_range("budget", self.budget, 0, 10**13)
+        check_range("outer_lr", self.outer_lr, 0.0, 100.0)
+        check_range("num_particles", self.num_particles, 1, 100_000)
+        check_range(
+            "truncation",
+            self.truncation,
+            1,
+            self.num_steps if self.method in ("pes", "nres", "truncated") else 10**9,
+        )
+        check_range("sigma", self.sigma, 1e-6, 10.0)
+
+    def default_budget(self) -> int:
+        return self.budget or self.grid_size * self.num_seeds * self.num_steps // 3

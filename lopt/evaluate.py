@@ -3,6 +3,7 @@ seeds and over hyperparameter settings.
 
     curves = evaluate(key, task, optax.adam(1e-3), num_steps=1000, num_seeds=3, eval_every=100)
     curves = evaluate_hparams(key, task, {"learning_rate": lrs}, make=get_baseline("adam").make, ...)
+    curves = evaluate_learned(key, task, learned, theta, num_steps=1000, num_seeds=3)
 
 `Curves.train_loss` has shape (..., seeds, steps); `Curves.eval` maps each evaluation split to a
 dict of metrics of shape (..., seeds, evaluations) taken at steps `Curves.eval_steps`
@@ -193,6 +194,43 @@ def evaluate_hparams(
 
     losses, evals, diverged = jax.vmap(one_setting)(hparams)
     return Curves(losses, jnp.arange(0, num_steps + 1, eval_every), evals, diverged)
+
+
+def evaluate_learned(
+    key: jax.Array,
+    task: Task,
+    learned: Any,
+    theta: Any,
+    *,
+    num_steps: int,
+    num_seeds: int = 1,
+    eval_every: int = 100,
+    eval_splits: tuple[str, ...] = EVAL_SPLITS,
+    eval_batches: int = 4,
+    valid_every: int = 10,
+) -> Curves:
+    """A learned optimizer ``learned`` with weights ``theta`` on ``task``: the one way lopt evaluates
+    a learned optimizer (the demo, `lopt.meta_train.HeldOutEval`, the studies; `lopt eval` runs the
+    same optimizer through `lopt.tuning.learned_method`).
+
+    It is `evaluate` of ``learned.transform(theta)``, the optimizer `lopt.pretrained` hands a user,
+    with theta a constant of the compiled program (one compilation per theta). Not a vmapped
+    setting of `evaluate_hparams`: the hierarchical optimizers' trajectories depend on how XLA
+    compiles them (theta constant, an argument, or vmapped differ by ~1% of the loss after 20
+    steps), and the numbers reported must be the ones a user gets.
+    """
+    optimizer = optax.with_extra_args_support(learned.transform(theta))
+    return evaluate(
+        key,
+        task,
+        optimizer,
+        num_steps=num_steps,
+        num_seeds=num_seeds,
+        eval_every=eval_every,
+        eval_splits=eval_splits,
+        eval_batches=eval_batches,
+        valid_every=valid_every,
+    )
 
 
 def timed(fn: Callable, *args, **static) -> tuple[Any, dict[str, float]]:

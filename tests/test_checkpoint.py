@@ -202,7 +202,7 @@ def test_bad_header_and_foreign_and_future_files(tmp_path, key):
     with pytest.raises(CheckpointError, match="not a lopt checkpoint"):
         checkpoint.restore(foreign, state)
     path = checkpoint.save(tmp_path, 1, state, CONFIG)
-    path.write_bytes(path.read_bytes().replace(b'"format_version": "1"', b'"format_version": "7"'))
+    path.write_bytes(path.read_bytes().replace(b'"format_version":"1"', b'"format_version":"7"'))
     with pytest.raises(CheckpointError, match="format version mismatch: the file has version '7'"):
         checkpoint.restore(path, state)
     with pytest.raises(CheckpointError, match="cannot be read: No such file"):

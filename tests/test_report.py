@@ -16,6 +16,8 @@ from test_tuning import synthetic
 from lopt import report
 from lopt.cli import main
 from lopt.report import EvalConfig, Outcome, compare, report_blocks, to_markdown, write_report
+from lopt.report import run as report_run
+from lopt.studies import report_studies
 from lopt.tasks.suites import Suite, _entry
 from lopt.tuning import Method, Search
 from lopt.validate import ConfigError
@@ -109,7 +111,7 @@ def test_run_eval_driver_with_synthetic_training(tmp_path, monkeypatch):
     suite = Suite(
         "tiny", "", (_entry("quadratic", dims=(2,)), _entry("functions2d"), _entry("linear_regression"))
     )
-    monkeypatch.setattr(report, "get_suite", lambda name: suite)
+    monkeypatch.setattr(report_run, "get_suite", lambda name: suite)
     calls = []
 
     def fake_run_search(task, search, *, num_steps, num_seeds, require_cache, **kw):
@@ -118,8 +120,8 @@ def test_run_eval_driver_with_synthetic_training(tmp_path, monkeypatch):
         valid = rng.uniform(1.0, 5.0, (search.num_trials, num_seeds))
         return synthetic(valid, valid + 0.5, task=task.name, name=search.name)
 
-    monkeypatch.setattr(report, "run_search", fake_run_search)
-    monkeypatch.setattr(report, "compile_search", lambda task, search, **kw: (None, 0.0))
+    monkeypatch.setattr(report_run, "run_search", fake_run_search)
+    monkeypatch.setattr(report_run, "compile_search", lambda task, search, **kw: (None, 0.0))
     cfg = EvalConfig(
         name="r",
         out=str(tmp_path),
@@ -129,7 +131,7 @@ def test_run_eval_driver_with_synthetic_training(tmp_path, monkeypatch):
         seeds=2,
         optimizers=("adam-lr-global", "adam-lr-per-task", "sgd"),
     )
-    summary = report.run_eval(cfg)
+    summary = report.run_eval(cfg, studies=report_studies(cfg))
     # 3 tasks x 2 searches (adam grid shared by both adam methods, sgd) + 3 study tasks x 3 extra sweeps
     assert len(calls) == 3 * 2 + 3 * 3
     assert len(summary["outcomes"]) == 9 and len(summary["lookahead_study"]["rows"]) == 12
@@ -143,7 +145,8 @@ def test_run_eval_driver_with_synthetic_training(tmp_path, monkeypatch):
     assert "## Lookahead study" in md and "lookahead(sgd) vs sgd on 3 tasks" in md
     # `lopt report` re-renders from config.json and the cache only
     calls.clear()
-    report.run_eval(report.load_config(str(tmp_path / "r")), require_cache=True)
+    loaded = report.load_config(str(tmp_path / "r"))
+    report.run_eval(loaded, require_cache=True, studies=report_studies(loaded))
     assert calls and all(c[2] for c in calls)
 
 
@@ -167,7 +170,7 @@ def test_outcome_fields_are_json_serializable():
 
 def test_suite_tasks_keeps_the_cheapest_candidates(monkeypatch):
     suite = Suite("tiny", "", (_entry("quadratic", dims=(2, 64)), _entry("functions2d")))
-    monkeypatch.setattr(report, "get_suite", lambda name: suite)
+    monkeypatch.setattr(report_run, "get_suite", lambda name: suite)
     plain = report.suite_tasks(EvalConfig(candidates=1, per_family=3, seed=1))
     assert [t.name for t in plain] == [t.name for t in suite.tasks(3, 1)]
     dims = [t.static.dim for t in plain[:3]]

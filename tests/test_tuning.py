@@ -232,7 +232,7 @@ def test_fixed_search_runs_a_plain_optax_optimizer_like_evaluate():
     opt = optax.sgd(0.1)
     method = Method("mine", tuning.fixed_search("mine", opt), "fixed")
     res = tuning.run_search(task, method.search, num_steps=8, num_seeds=2, eval_every=4)
-    ref = evaluate(tuning.cache._run_key(task, 0), task, opt, num_steps=8, num_seeds=2, eval_every=4)
+    ref = evaluate(tuning.run_key(task, 0), task, opt, num_steps=8, num_seeds=2, eval_every=4)
     np.testing.assert_allclose(res.curves.train_loss[0], ref.train_loss, rtol=1e-6)
     np.testing.assert_allclose(res.curves.eval["test"]["loss"][0], ref.eval["test"]["loss"], rtol=1e-6)
 

@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.config import TUNE_METHODS as METHODS  # noqa: F401  (its name here before config.py held it)
+from lopt.config import TuneConfig
 from lopt.hpo.es import FixedTask, hparam_estimator
 from lopt.hpo.implicit import check_ift_hparams, ift_hypergrad_task
 from lopt.hpo.space import HParamSpace, kind
@@ -56,62 +58,11 @@ from lopt.hpo.unrolled import inner_init, inner_steps, unrolled_hypergrad
 from lopt.tasks.base import Task, TaskConfig
 from lopt.tasks.registry import get_family
 from lopt.tuning import Search, failed, run_search, score
-from lopt.validate import ConfigError, check_choice, check_range
+from lopt.validate import ConfigError
 
 # Search ranges used when --ranges gives none: narrower than the valid ranges where those are
 # absurdly wide for a search (lopt.tuning's Adam grid spans the same [1e-5, 1]).
 DEFAULT_RANGES = {"learning_rate": (1e-5, 1.0)}
-METHODS = ("pes", "es", "nres", "unrolled", "truncated", "ift", "grid", "random")
-
-
-@dataclasses.dataclass(frozen=True)
-class TuneConfig:
-    """Configuration of `lopt tune` (every field a flag: ``--num-steps 500``)."""
-
-    optimizer: str = "adam"  # a baseline (lopt.optimizers.BASELINES) whose hparams are tuned
-    hparams: str = "learning_rate"  # comma-separated hparams to tune, e.g. learning_rate,weight_decay
-    method: str = "pes"  # pes | es | nres | unrolled | truncated | ift | grid | random
-    start: str = ""  # start values, e.g. "learning_rate=1e-3" (default: the baseline's defaults)
-    # search ranges, e.g. "learning_rate=1e-6:0.1" (default: DEFAULT_RANGES, else valid ranges)
-    ranges: str = ""
-    num_steps: int = 1000  # T: inner steps of one training run (what the tuned hparams are for)
-    num_seeds: int = 3  # seeds of every full run (grid points, random draws, final evaluation)
-    grid_size: int = 15  # G: the reference grid's points; the default budget is G * seeds * T / 3
-    budget: int = 0  # inner steps the method may spend (tuning + final evaluation); 0: the default
-    task_seed: int = 0  # the task: TASK's family sampled from this seed (static and dynamic values)
-    seed: int = 0  # randomness of the method (batches, perturbations, draws)
-    # es/pes/nres defaults measured in benchmarks/hpo.py (BENCHMARKS.md, issue 14): P = 2, K = 50, outer
-    # lr 0.15, σ 0.3 reach a 15-point lr grid within 0.3% on 2 of 3 tasks at a third of its steps;
-    # P = 8, K = 100 makes ~8 outer steps in the default budget and barely moves the rate.
-    outer_lr: float = 0.15  # Adam's step on theta (log-hparams) per hypergradient; 0.15 ≈ x1.16 per step
-    num_particles: int = 2  # es/pes/nres: P antithetic pairs per estimate
-    truncation: int = 50  # pes/nres/truncated: K inner steps per estimate / online update
-    sigma: float = 0.3  # es/pes/nres: σ of the perturbations of log-hparams (0.3: ±35%)
-    step_weights: str = "final"  # es/pes/nres: which steps' losses count (lopt.unroll): final quarter
-    ift_iters: int = 50  # ift: CG iterations of the inverse-Hessian-vector product
-    ift_damping: float = 1e-3  # ift: δ added to the Hessian (a non-convex task's is not PD)
-    eval_batches: int = 4  # batches per evaluation of a loss
-    compare: bool = True  # also run a grid and a random search of equal compute
-    out: str = "runs/tune"  # run folder: results.json, tune.png
-
-    def __post_init__(self):
-        check_choice("method", self.method, METHODS)
-        check_range("num_steps", self.num_steps, 1, 10_000_000)
-        check_range("num_seeds", self.num_seeds, 1, 1000)
-        check_range("grid_size", self.grid_size, 1, 10_000)
-        check_range("budget", self.budget, 0, 10**13)
-        check_range("outer_lr", self.outer_lr, 0.0, 100.0)
-        check_range("num_particles", self.num_particles, 1, 100_000)
-        check_range(
-            "truncation",
-            self.truncation,
-            1,
-            self.num_steps if self.method in ("pes", "nres", "truncated") else 10**9,
-        )
-        check_range("sigma", self.sigma, 1e-6, 10.0)
-
-    def default_budget(self) -> int:
-        return self.budget or self.grid_size * self.num_seeds * self.num_steps // 3
 
 
 def _pairs(text: str, field: str) -> dict[str, str]:

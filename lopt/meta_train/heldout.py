@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -10,7 +9,7 @@ import numpy as np
 import optax
 
 from lopt.config import MetaTrainConfig
-from lopt.evaluate import evaluate, evaluate_hparams
+from lopt.evaluate import evaluate, evaluate_learned
 from lopt.optimizers.learned import LearnedOptimizer
 from lopt.tasks.registry import get_family
 from lopt.tasks.suites import get_suite
@@ -37,7 +36,7 @@ class HeldOutEval:
         steps: int = 1000,
         seeds: int = 2,
     ):
-        self.make = _transform_of(learned)  # one object per architecture: evaluations compile once
+        self.learned = learned  # evaluated with evaluate_learned (theta a constant, as lopt.pretrained)
         self.steps, self.seeds = steps, seeds
         self.key = jax.random.fold_in(jax.random.key(cfg.seed), 3)  # not the run's key: evals change nothing
         if suite == "same":
@@ -63,11 +62,8 @@ class HeldOutEval:
 
     def losses(self, theta: PyTree) -> np.ndarray:
         """(tasks,) final test loss with ``theta``, mean over seeds (NaN where training diverged)."""
-        theta1 = jax.tree.map(lambda x: x[None], theta)  # one hparam setting: `make` stays static
-        curves = [
-            evaluate_hparams(self.key, t, theta1, make=self.make, **self._options()) for t in self.tasks
-        ]
-        return np.array([np.mean(np.asarray(c.eval["test"]["loss"])[0, :, -1]) for c in curves])
+        curves = [evaluate_learned(self.key, t, self.learned, theta, **self._options()) for t in self.tasks]
+        return np.array([np.mean(np.asarray(c.eval["test"]["loss"])[:, -1]) for c in curves])
 
     def adam_losses(self) -> np.ndarray:
         """(tasks,) the same for Adam at learning rate 1e-3."""
@@ -89,9 +85,3 @@ class HeldOutEval:
 
 
 _ADAM = optax.adam(1e-3)
-
-
-@functools.cache
-def _transform_of(learned: LearnedOptimizer):
-    """``learned.transform``, the same object for equal architectures (a jit static argument)."""
-    return learned.transform

@@ -1,7 +1,7 @@
 r"""The short-horizon bias of online hyperparameter tuning (Wu, Ren, Liao, Grosse 2018), on the noisy
 quadratic model (exactly, by its closed-form dynamics) and on an MLP (by sampled training runs).
 
-    python -m lopt.studies.short_horizon --out docs/short_horizon
+    lopt study short_horizon --out docs/short_horizon
 
 The tuner is online tuning with horizon k: a training run of T steps of SGD is cut into windows of
 k steps; at the start of each window, from the current state, the learning rate is set to the one
@@ -31,7 +31,7 @@ meta-optimization" (ICLR); Zhang et al. 2019 (the NQM, NeurIPS).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import time
@@ -193,35 +193,36 @@ def figure(path: str, studies: list[dict]) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--out", default="docs/short_horizon", help="folder for results.json, table.md, the figure"
-    )
-    parser.add_argument("--mlp-steps", type=int, default=MLP_STEPS)
-    parser.add_argument("--nqm-steps", type=int, default=NQM_STEPS)
-    args = parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The short-horizon bias of online learning-rate tuning on the NQM and an MLP."""
+
+    out: str = "docs/short_horizon"  # folder for results.json, table.md, the figure
+    mlp_steps: int = MLP_STEPS  # T of the MLP runs
+    nqm_steps: int = NQM_STEPS  # T of the NQM runs
+
+
+def run(cfg: Config) -> dict:
+    """Every NQM setting and the MLP; writes results.json, table.md and short_horizon.png."""
     t0 = time.perf_counter()
-    nqm = [nqm_study(d, b, p, args.nqm_steps) for d, b, p in NQM_SETTINGS]
-    mlp = mlp_study(args.mlp_steps)
+    nqm = [nqm_study(d, b, p, cfg.nqm_steps) for d, b, p in NQM_SETTINGS]
+    mlp = mlp_study(cfg.mlp_steps)
     seconds = time.perf_counter() - t0
-    os.makedirs(args.out, exist_ok=True)
-    out = {
-        "command": "python -m lopt.studies.short_horizon " + " ".join(argv or []),
-        "seconds": seconds,
-        "nqm": nqm,
-        "mlp": mlp,
-    }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    os.makedirs(cfg.out, exist_ok=True)
+    flags = f"--out {cfg.out} --mlp-steps {cfg.mlp_steps} --nqm-steps {cfg.nqm_steps}"
+    out = {"command": f"lopt study short_horizon {flags}", "seconds": seconds, "nqm": nqm, "mlp": mlp}
+    with open(os.path.join(cfg.out, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
     text = "\n\n".join(table(s) for s in [nqm[0], mlp, *nqm[1:]])
-    with open(os.path.join(args.out, "table.md"), "w") as f:
+    with open(os.path.join(cfg.out, "table.md"), "w") as f:
         f.write(text + "\n")
-    figure(os.path.join(args.out, "short_horizon.png"), [nqm[0], mlp])
+    figure(os.path.join(cfg.out, "short_horizon.png"), [nqm[0], mlp])
     print(text)
-    print(f"{seconds:.0f} s; written to {args.out}/")
+    print(f"{seconds:.0f} s; written to {cfg.out}/")
     return out
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m lopt.studies.short_horizon: the same as `lopt study short_horizon`
+    from lopt.studies import main
+
+    main("short_horizon")

@@ -44,6 +44,7 @@ from lopt.tuning.cache import SearchResult as SearchResult
 from lopt.tuning.cache import compile_search as compile_search
 from lopt.tuning.cache import default_cache_dir as default_cache_dir
 from lopt.tuning.cache import is_cached as is_cached
+from lopt.tuning.cache import run_key as run_key
 from lopt.tuning.cache import run_search as run_search
 from lopt.tuning.cache import task_fingerprint as task_fingerprint
 from lopt.tuning.methods import DEFAULT_METHODS as DEFAULT_METHODS

@@ -54,7 +54,8 @@ class SearchResult:
     cached: bool  # loaded from the cache
 
 
-def _run_key(task: Task, seed: int) -> jax.Array:
+def run_key(task: Task, seed: int) -> jax.Array:
+    """The key of every search on ``task`` with ``seed`` (common random numbers across searches)."""
     return jax.random.fold_in(jax.random.key(seed), int(task_fingerprint(task)[:7], 16))
 
 
@@ -125,7 +126,7 @@ def compile_search(
     t0 = time.perf_counter()
     trials = jax.tree.map(jnp.asarray, search.trials)
     lowered = evaluate_hparams.lower(
-        _run_key(task, seed),
+        run_key(task, seed),
         task,
         trials,
         make=search.make,
@@ -166,7 +167,7 @@ def run_search(
             f"no cached result for {search.name} on {task.name} in {cache}; run `lopt eval` first."
         )
     trials = jax.tree.map(jnp.asarray, search.trials)
-    args = (_run_key(task, seed), task, trials)
+    args = (run_key(task, seed), task, trials)
     if compiled is None:
         curves, seconds = timed(
             evaluate_hparams,

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import optax
 
+from lopt.config import DEFAULT_METHODS as DEFAULT_METHODS
 from lopt.optimizers import BASELINES, load_theta
 from lopt.pretrained import PRETRAINED, load_pretrained
 from lopt.tuning.nadamw import nadamw_list_search
@@ -97,19 +99,12 @@ METHODS: dict[str, Callable[[Budget], Method]] = {
         doc="Lookahead(Adam) k=5 alpha=0.5, best of 15 learning rates on each task",
     ),
 }
-DEFAULT_METHODS = (
-    "adam-lr-global",
-    "adam-lr-per-task",
-    "adam-cosine-lr-per-task",
-    "adam8p-per-task",
-    "nadamw-list",
-    "lookahead-adam-lr-per-task",
-)
 
 
 def learned_method(name: str, learned: Any, theta: Any, doc: str = "") -> Method:
     """A learned optimizer with fixed weights as a method: one trial, no tuning (``select="fixed"``)."""
-    search = fixed_search(f"{name}({learned.name})", make=learned.transform, hparams=theta)
+    # the optimizer of `lopt.evaluate.evaluate_learned` (theta a constant): what lopt.pretrained gives
+    search = fixed_search(f"{name}({learned.name})", optax.with_extra_args_support(learned.transform(theta)))
     return Method(name, search, "fixed", doc=doc or f"learned optimizer {learned.name}, no tuning")
 
 

@@ -101,6 +101,17 @@ def greedy_order(norm: np.ndarray, length: int | None = None) -> list[int]:
     return order
 
 
+def _normalized(task, search: Search, run: dict) -> np.ndarray:
+    """(K,) normalized final outer-valid loss of every configuration on ``task`` (failed: CLIP)."""
+    res = run_search(task, search, **run)
+    n = normalize(score(res), best_scores([res]), init_loss(res))
+    seconds = res.seconds["compile_seconds"] + res.seconds["run_seconds"]
+    print(
+        f"  {task.name}: {seconds:.0f} s, {int(failed(res).sum())} of {search.num_trials} failed", flush=True
+    )
+    return np.where(failed(res), CLIP, n)
+
+
 def build_nadamw_list(
     num_configs: int = 256,
     candidates: int = 3,
@@ -131,26 +142,14 @@ def build_nadamw_list(
         {**trials, "num_steps": np.full((num_configs,), steps, np.float32)},
     )
     tasks = get_suite("train").tasks(1, seed, candidates=candidates, cost=profile.flops_per_step)
-    norm, names, seconds = [], [], []
-    for task in tasks:
-        res = run_search(
-            task,
-            search,
-            num_steps=steps,
-            num_seeds=seeds,
-            eval_every=eval_every,
-            seed=seed,
-            cache=cache or None,
-        )
-        n = normalize(score(res), best_scores([res]), init_loss(res))
-        norm.append(np.where(failed(res), CLIP, n))
-        names.append(task.name)
-        seconds.append(res.seconds["compile_seconds"] + res.seconds["run_seconds"])
-        print(
-            f"  {task.name}: {seconds[-1]:.0f} s, {int(failed(res).sum())} of {num_configs} failed",
-            flush=True,
-        )
-    norm = np.stack(norm, 1)  # (K, T)
+    run = {
+        "num_steps": steps,
+        "num_seeds": seeds,
+        "eval_every": eval_every,
+        "seed": seed,
+        "cache": cache or None,
+    }
+    norm = np.stack([_normalized(task, search, run) for task in tasks], 1)  # (K, T)
     order = greedy_order(norm, keep)
     best = np.full(norm.shape[1], np.inf)
     curve = []
@@ -180,7 +179,7 @@ def build_nadamw_list(
         },
         "space": {k: list(v) for k, v in NADAMW_SPACE.items()},
         "normalization": f"clip((L - L_best) / (L_init - L_best), 0, {CLIP}) per task; failed runs = {CLIP}",
-        "tasks": names,
+        "tasks": [t.name for t in tasks],
         "mean_best_so_far": curve,
         "configs": [{k: float(trials[k][i]) for k in NADAMW_KEYS} | {"sampled_index": i} for i in order],
     }

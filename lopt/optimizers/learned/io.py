@@ -18,9 +18,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 
+from lopt import serialization
 from lopt.optimizers.learned.base import LearnedOptimizer, Theta
 from lopt.optimizers.learned.registry import build_learned, get_learned
 from lopt.validate import ConfigError, UnknownNameError
@@ -73,7 +72,7 @@ def save_theta(path: str | os.PathLike, learned: LearnedOptimizer, theta: Theta)
         "version": str(learned.version),
         "config": _config_json(learned),
     }
-    save_file(arrays, os.fspath(path), metadata=metadata)
+    serialization.write(path, arrays, metadata)  # atomic, with a sha256
 
 
 def _check_shapes(what: str, expected: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -87,22 +86,25 @@ def _check_shapes(what: str, expected: dict[str, Any], arrays: dict[str, np.ndar
             )
 
 
-def _read_metadata(path: str) -> dict[str, str]:
-    from safetensors import safe_open
+def _read(path: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, arrays) of a theta file (`lopt.serialization`; files from before the sha256 was
+    recorded load without one)."""
+
+    def check(metadata: dict) -> None:
+        if metadata.get("format") != FORMAT:
+            raise ThetaMismatchError(
+                f"{path} is not a lopt theta file (its metadata has no format={FORMAT!r})."
+            )
+        if metadata.get("format_version") != FORMAT_VERSION:
+            raise ThetaMismatchError(
+                f"{path} uses theta file format version {metadata.get('format_version')!r}; "
+                f"this lopt reads version {FORMAT_VERSION}."
+            )
 
     try:
-        with safe_open(path, framework="numpy") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise ThetaMismatchError(f"{path} is not a readable safetensors file: {err}") from None
-    if metadata.get("format") != FORMAT:
-        raise ThetaMismatchError(f"{path} is not a lopt theta file (its metadata has no format={FORMAT!r}).")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ThetaMismatchError(
-            f"{path} uses theta file format version {metadata.get('format_version')!r}; "
-            f"this lopt reads version {FORMAT_VERSION}."
-        )
-    return metadata
+        return serialization.read(path, require_sha256=False, check=check)
+    except serialization.SerializationError as err:
+        raise ThetaMismatchError(f"{path} is not a lopt theta file: {err.cause}") from None
 
 
 def _build(path: str, metadata: dict[str, str]) -> LearnedOptimizer:
@@ -128,7 +130,7 @@ def load_theta(
     says which differs.
     """
     path = os.fspath(path)
-    metadata = _read_metadata(path)
+    metadata, arrays = _read(path)
     name, version = metadata["architecture"], int(metadata["version"])
     if learned is not None:
         if name != learned.name:
@@ -153,7 +155,6 @@ def load_theta(
                 f"{cls.version}: theta's meaning changed between them, so it cannot be loaded."
             )
         learned = _build(path, metadata)
-    arrays = load_file(path)
     _check_shapes(f"{path}", _flatten(jax.eval_shape(learned.init, jax.random.key(0))), arrays)
     return learned, _unflatten(arrays)
 
