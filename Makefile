@@ -12,7 +12,7 @@ DEBS := dataset-fashion-mnist bible-kjv
 $(VENV)/.installed: pyproject.toml constraints.txt
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,examples,torch,lint]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,examples,torch,lint,ray]'
 	touch $@
 
 # Debian data packages (Fashion-MNIST, the KJV text and its `bible` decoder).

@@ -130,7 +130,10 @@ def meta_train(
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # compiled programs persist: a resume starts fast
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/lopt/jax"))
     try:
-        run(resolve(cfg, config, explicit_flags(sys.argv[1:])), console=console)
+        resolved = resolve(cfg, config, explicit_flags(sys.argv[1:]))
+        if resolved.ray:  # Ray is imported only here, only for distributed runs
+            from lopt.distributed.learner import meta_train_distributed as run
+        run(resolved, console=console)
     except CheckpointError as e:  # --resume of a mismatched or damaged checkpoint: the message says which
         sys.exit(f"lopt meta-train: {e}")
 

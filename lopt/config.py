@@ -32,6 +32,9 @@ RUN_CONTROL = (
     "validation",
     "validate_long",
 )
+# Where a distributed run's estimates are computed (`lopt.distributed`): with staleness 0 the
+# trajectory is the same on any number of workers, or in one process.
+RUN_CONTROL += ("ray", "workers")
 # Fields of older lopt versions that no longer exist (the held-out evaluation during meta-training,
 # replaced by the validation protocol): ignored when an old run's config is read.
 RETIRED = ("eval_every", "eval_suite", "eval_tasks", "eval_steps", "eval_seeds")
@@ -107,6 +110,10 @@ class MetaTrainConfig:
     keep: int = 3  # checkpoints kept (the latest)
     seed: int = 0  # seed of task groups, theta's init and every random draw of the run
     resume: bool = False  # continue from the latest checkpoint in <out>/checkpoints (same config)
+    # --- distributed (lopt.distributed; needs the ray extra) -------------------------------------
+    ray: str = ""  # Ray cluster: auto (join this machine's, else start one) or HOST:PORT ("": one process)
+    workers: int = 1  # N: Ray worker actors, each owning some task groups (at most the distinct groups)
+    staleness: int = 0  # versions of theta an applied estimate may lag (0: synchronous, as one process)
 
     def __post_init__(self):
         from lopt.estimators.registry import ESTIMATORS
@@ -168,6 +175,10 @@ class MetaTrainConfig:
         check_range("ckpt_every", self.ckpt_every, 0, 1_000_000_000)
         check_range("ckpt_minutes", self.ckpt_minutes, 0.0, 1e9)
         check_range("keep", self.keep, 1, 1_000_000)
+        check_range("workers", self.workers, 1, 100_000)
+        check_range("staleness", self.staleness, 0, 1_000_000)
+        if not self.ray and (self.workers != 1 or self.staleness):
+            raise ConfigError("workers and staleness apply to distributed runs only: add --ray auto.")
 
     def build_learned(self):
         """The learned optimizer ``learned`` with the ``arch`` overrides of its architecture config."""
