@@ -2,10 +2,14 @@
 
 For each parameter set (one flat tensor of 1e5, 1e6, 1e7 floats; an MLP 784-512-512-10, the
 shapes of benchmarks/step_cost.py) and each optimizer: ``step()`` on fixed gradients, interleaved
-rounds, the median over rounds of the mean over ``--calls`` calls. Ratios are against AdamW with
-``foreach=True`` (torch's default on CPU tensors) measured in the same rounds; AdamW ``fused=True``
-and the for-loop AdamW are listed too. The learned optimizers are the shipped ones and every
-architecture of `lopt.LEARNED` at its initial theta (the step cost does not depend on theta).
+rounds, the median over rounds of the mean over ``--calls`` calls. Ratios are against three AdamW
+steps measured in the same rounds, side by side: ``fused=True`` (the fastest), ``foreach=True``, and
+the default ``torch.optim.AdamW(params, lr)`` (on CPU in torch 2.13 neither: the for-loop). The
+learned optimizers are the shipped ones and every architecture of `lopt.LEARNED` at its initial
+theta (the step cost does not depend on theta), each with compiled kernels (the default,
+``compile=True``) and eager (``compile=False``, rows marked "eager"). "first step" is the wall time
+of the first ``step()``, which for compiled rows includes compiling the kernels for that size class
+(inductor's on-disk cache makes it shorter in later processes).
 
 Run: .venv/bin/python benchmarks/torch_step.py [--rounds 9] [--sizes 1e5 1e6 1e7] [--threads N]
 """
@@ -44,32 +48,44 @@ def mlp3() -> list[torch.Tensor]:
     return list(model.parameters())
 
 
+BASELINES = ("AdamW fused", "AdamW foreach", "AdamW default")
+
+
 def optimizers() -> dict[str, Callable[[list], torch.optim.Optimizer]]:
     opts: dict[str, Callable] = {
-        "AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
         "AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
-        "AdamW for-loop": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=False),
+        "AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
+        "AdamW default": lambda ps: torch.optim.AdamW(ps, lr=1e-3),
     }
-    for name in sorted(lopt.PRETRAINED):
-        opts[name] = lambda ps, name=name: lopt.torch.LearnedOptimizer(ps, name=name, num_steps=NUM_STEPS)
-    for arch in LEARNED:
-        opts[f"{arch} (init)"] = lambda ps, arch=arch: lopt.torch.LearnedOptimizer(
-            ps, architecture=arch, num_steps=NUM_STEPS
-        )
+    for compile in (True, False):
+        tag = "" if compile else " eager"
+        for name in sorted(lopt.PRETRAINED):
+            opts[name + tag] = lambda ps, name=name, c=compile: lopt.torch.LearnedOptimizer(
+                ps, name=name, num_steps=NUM_STEPS, compile=c
+            )
+        for arch in LEARNED:
+            opts[f"{arch} (init){tag}"] = lambda ps, arch=arch, c=compile: lopt.torch.LearnedOptimizer(
+                ps, architecture=arch, num_steps=NUM_STEPS, compile=c
+            )
     return opts
 
 
-def measure(params_fn: Callable[[], list], names: list[str], rounds: int, calls: int) -> dict[str, float]:
-    """Median over interleaved rounds of the mean step time (s) of each optimizer."""
-    runs = {}
+def measure(
+    params_fn: Callable[[], list], names: list[str], rounds: int, calls: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(median over interleaved rounds of the mean step time (s), first step's wall time (s)) per optimizer."""
+    runs, first = {}, {}
     for name in names:
         params = params_fn()
         for p in params:
             p.grad = torch.randn_like(p) * 1e-2
         try:
             opt = optimizers()[name](params)
-            for _ in range(2):  # warm-up (lazy state, allocator)
+            for i in range(3):  # the first step (compilation, lazy state), then warm-up (allocator)
+                t0 = time.perf_counter()
                 opt.step(loss=1.0) if isinstance(opt, lopt.torch.LearnedOptimizer) else opt.step()
+                if i == 0:
+                    first[name] = time.perf_counter() - t0
         except (RuntimeError, ValueError) as err:  # e.g. fused AdamW unavailable on this device
             print(f"  {name}: not available ({err})")
             continue
@@ -82,7 +98,7 @@ def measure(params_fn: Callable[[], list], names: list[str], rounds: int, calls:
             for _ in range(calls):
                 opt.step(loss=1.0) if learned else opt.step()
             times[name].append((time.perf_counter() - t0) / calls)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: statistics.median(ts) for name, ts in times.items()}, first
 
 
 def main() -> None:
@@ -92,7 +108,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="*", default=[1e5, 1e6, 1e7], help="flat tensor sizes")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="optimizers to measure (AdamW foreach always)"
+        "--only", nargs="*", default=None, help="optimizers to measure (the three AdamW always)"
     )
     parser.add_argument("--no-model", action="store_true", help="skip the MLP parameter set")
     args = parser.parse_args()
@@ -101,7 +117,7 @@ def main() -> None:
     names = (
         list(optimizers())
         if args.only is None
-        else ["AdamW foreach", *[n for n in args.only if n != "AdamW foreach"]]
+        else [*BASELINES, *[n for n in args.only if n not in BASELINES]]
     )
     sets: list[tuple[str, Callable]] = [
         (f"flat {s:.0e} ({int(s):,})", lambda s=s: flat(int(s))) for s in args.sizes
@@ -110,16 +126,16 @@ def main() -> None:
         sets.append((f"mlp 784-512-512-10 ({sum(p.numel() for p in mlp3()):,})", mlp3))
     load_start = os.getloadavg()[0]
     table = Table(
-        title=f"torch step time vs AdamW(foreach), torch {torch.__version__}, {torch.get_num_threads()} threads"
+        title=f"torch step time vs AdamW, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    for col in ("params", "optimizer", "ms/step", "x AdamW foreach"):
+    for col in ("params", "optimizer", "ms/step", "x fused", "x foreach", "x default", "first step"):
         table.add_column(col, justify="left" if col in ("params", "optimizer") else "right")
     for label, params_fn in sets:
         print(f"measuring {label} ...", flush=True)
-        result = measure(params_fn, names, args.rounds, args.calls)
-        base = result["AdamW foreach"]
+        result, first = measure(params_fn, names, args.rounds, args.calls)
         for name, t in result.items():
-            table.add_row(label, name, f"{t * 1e3:.3f}", f"{t / base:.2f}")
+            ratios = [f"{t / result[b]:.2f}" if b in result else "-" for b in BASELINES]
+            table.add_row(label, name, f"{t * 1e3:.3f}", *ratios, f"{first[name]:.2f} s")
         table.add_section()
     Console(width=140).print(table)
     print(f"load average (1 min): {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")

@@ -5,6 +5,7 @@ import io
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import jax
 import numpy as np
@@ -23,8 +24,8 @@ import lopt.torch  # noqa: E402
 ALL = [("name", n) for n in sorted(lopt.PRETRAINED)] + [("architecture", a) for a in sorted(LEARNED)]
 
 
-def make(params, how, what):
-    return lopt.torch.LearnedOptimizer(params, **{how: what}, num_steps=NUM_STEPS)
+def make(params, how, what, compile=True):
+    return lopt.torch.LearnedOptimizer(params, **{how: what}, num_steps=NUM_STEPS, compile=compile)
 
 
 def saved(opt) -> bytes:
@@ -41,18 +42,90 @@ def clone(params) -> list:
     return [p.detach().clone().requires_grad_() for p in params]
 
 
+@pytest.mark.parametrize("compile", [True, False], ids=["compiled", "eager"])
 @pytest.mark.parametrize("how,what", ALL)
-def test_state_dict_resumes_identically(how, what):
+def test_state_dict_resumes_identically(how, what, compile):
     params = torch_params()
-    opt = make(params, how, what)
+    opt = make(params, how, what, compile)
     run_torch(opt, params, 0, 60)
     data, at_save = saved(opt), clone(params)
     straight = run_torch(opt, params, 60, 40)
-    fresh = make(at_save, how, what)
+    fresh = make(at_save, how, what, compile)
     fresh.load_state_dict(loaded(data))
     resumed = run_torch(fresh, at_save, 60, 40)
     for k in NAMES:
         np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+
+
+def _big_params() -> list:
+    """A tensor in the large size class of the compiled kernels (> 4096 entries), a small one, a scalar."""
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randn(s, generator=gen).requires_grad_() for s in ((70, 90), (33,), ())]
+
+
+@pytest.mark.parametrize(
+    "how,what", [("name", n) for n in sorted(lopt.PRETRAINED)] + [("architecture", "hierarchical_v2")]
+)
+def test_compiled_matches_eager_on_large_tensors(how, what):
+    runs = []
+    for compile in (True, False):
+        params = _big_params()
+        opt = make(params, how, what, compile)
+        for t in range(30):
+            for p in params:
+                p.grad = torch.sin(p.detach() * (1 + t)) + 0.1 * torch.cos(
+                    torch.arange(p.numel()).view(p.shape) * 0.37
+                )
+            opt.step(loss=1.0 / (1 + t))
+        runs.append([p.detach().clone() for p in params])
+    start = _big_params()
+    for got, eager, p0 in zip(*runs, start):
+        assert float((eager - p0.detach()).abs().max()) > 1e-3  # the run moves the params
+        torch.testing.assert_close(got, eager, rtol=2e-5, atol=2e-6)
+
+
+def test_compile_flag_is_checked_and_a_failed_compilation_falls_back(monkeypatch):
+    from lopt.torch import kernels
+
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        lopt.torch.LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], name="mlp-small-v1", compile="yes")
+    eager = _big_params()
+    opt = lopt.torch.LearnedOptimizer(eager, name="mlp-small-v1", compile=False)
+    broken = _big_params()
+    monkeypatch.setattr(kernels.Compiled, "disabled_reason", None)
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    for kernel in kernels.mlp_kernels(*kernels_key("mlp-small-v1")):
+        monkeypatch.setattr(kernel, "fn", no_compiler)
+    fallback = lopt.torch.LearnedOptimizer(broken, name="mlp-small-v1")
+    for t in range(3):
+        for ps in (eager, broken):
+            for p in ps:
+                p.grad = torch.cos(p.detach() * (2 + t))
+        opt.step()
+        with (
+            pytest.warns(RuntimeWarning, match="torch.compile of the learned optimizer's kernels failed")
+            if t == 0
+            else nullcontext()
+        ):
+            fallback.step()
+    assert "no working C++ compiler" in kernels.Compiled.disabled_reason
+    for p, q in zip(broken, eager):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def kernels_key(name: str) -> tuple:
+    """The `kernels.mlp_kernels` arguments of a shipped `mlp`/`hierarchical` optimizer."""
+    cfg = lopt.load_pretrained(name)[0].config
+    return (
+        tuple(cfg.spec.mom_decays),
+        tuple(cfg.spec.rms_decays),
+        len(cfg.hidden) - 1,
+        float(cfg.step_mult),
+        float(cfg.exp_mult),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(lopt.PRETRAINED))

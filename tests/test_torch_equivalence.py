@@ -1,6 +1,8 @@
 """lopt.torch against the JAX optimizers: 200 steps from the same params on the same gradients
 give the same params to float32 rounding, for every shipped optimizer, every learned architecture
-(at its initial theta) and Lookahead around them."""
+(at its initial theta) and Lookahead around them, with the compiled kernels and eagerly. The
+tensors here have at most 40 entries (the small size class of `lopt.torch.kernels`; the scalar runs
+eagerly); tests/test_torch.py compares compiled and eager on large tensors."""
 
 import jax
 import jax.numpy as jnp
@@ -87,22 +89,30 @@ def moved(a: dict) -> float:
     return max(float(np.max(np.abs(a[k] - INIT[k]))) for k in NAMES)
 
 
+COMPILE = pytest.mark.parametrize("compile", [True, False], ids=["compiled", "eager"])
+
+
+@COMPILE
 @pytest.mark.parametrize("name", sorted(lopt.PRETRAINED))
-def test_pretrained_matches_jax(name):
+def test_pretrained_matches_jax(name, compile):
     learned, theta = lopt.load_pretrained(name)
     expected = run_jax(jax_transform(learned, theta))
     params = torch_params()
-    got = run_torch(lopt.torch.LearnedOptimizer(params, name=name, num_steps=NUM_STEPS), params)
+    got = run_torch(
+        lopt.torch.LearnedOptimizer(params, name=name, num_steps=NUM_STEPS, compile=compile), params
+    )
     assert moved(expected) > 0.1  # the run does something
     assert_close(got, expected)
 
 
+@COMPILE
 @pytest.mark.parametrize("arch", sorted(LEARNED))
-def test_architecture_matches_jax(arch):
+def test_architecture_matches_jax(arch, compile):
     learned = LEARNED[arch]()
     expected = run_jax(jax_transform(learned, learned.init(jax.random.key(0))))
     params = torch_params()
-    got = run_torch(lopt.torch.LearnedOptimizer(params, architecture=arch, num_steps=NUM_STEPS), params)
+    opt = lopt.torch.LearnedOptimizer(params, architecture=arch, num_steps=NUM_STEPS, compile=compile)
+    got = run_torch(opt, params)
     assert moved(expected) > 0.1
     assert_close(got, expected)
 
@@ -111,12 +121,13 @@ def test_every_architecture_has_a_torch_rule():
     assert set(lopt.torch.RULES) == set(LEARNED)
 
 
+@COMPILE
 @pytest.mark.parametrize("name", sorted(lopt.PRETRAINED))
-def test_lookahead_matches_jax(name):
+def test_lookahead_matches_jax(name, compile):
     learned, theta = lopt.load_pretrained(name)
     expected = run_jax(lopt.lookahead(jax_transform(learned, theta), k=5, alpha=0.5))
     params = torch_params()
-    inner = lopt.torch.LearnedOptimizer(params, name=name, num_steps=NUM_STEPS)
+    inner = lopt.torch.LearnedOptimizer(params, name=name, num_steps=NUM_STEPS, compile=compile)
     got = run_torch(lopt.torch.Lookahead(inner, k=5, alpha=0.5), params)
     assert_close(got, expected)
 

@@ -22,7 +22,15 @@ from lopt.optimizers.learned.hierarchical import (
     shape_features,
 )  # fmt: skip
 from lopt.torch import features as F
-from lopt.torch.mlp import accumulate, apply_mlp, feature_buffer, flat_views
+from lopt.torch.mlp import (
+    accumulate,
+    apply_mlp,
+    compiled_accumulate,
+    compiled_apply,
+    feature_buffer,
+    flat_views,
+    use_compiled,
+)
 from lopt.torch.rule import Rule
 
 
@@ -112,13 +120,17 @@ class HierarchicalRule(Rule):
             / (1.0 - torch.pow(torch.tensor(CLIP_DECAY, dtype=torch.float32, device=device), t_clip))
             * CLIP_MULT
         )
-        buf = feature_buffer(spec, params)
+        eager = [p for p in params if not use_compiled(self, p.numel())]
+        buf = feature_buffer(spec, eager) if eager else None
         per_tensor, lstm_x, mean_sq = [], [], []
         for p, g, st in zip(params, grads, states):
             moms, rmss = self.accumulators(st)
             n = max(p.numel(), 1)
             p_flat, g_flat = flat_views(p, g)
-            second, sums = accumulate(spec, g_flat, p_flat, moms, rmss, buf, clip=clip, stats=True)
+            if use_compiled(self, p_flat.numel()):
+                second, sums = compiled_accumulate(cfg, g_flat, p_flat, moms, rmss, clip=clip, stats=True)
+            else:
+                second, sums = accumulate(spec, g_flat, p_flat, moms, rmss, buf, clip=clip, stats=True)
             # second (F,): mean g², θ², m_i², 1/w_j, m_i²/w_j; sums: Σ m (all i), Σ w (all j), Σ w², Σ θ
             mean_g2 = second[0]
             mean_m = sums[0] / (n * k)
@@ -170,10 +182,17 @@ class HierarchicalRule(Rule):
                     log_tensors,
                 ]
             )
-            apply_mlp(
-                theta["mlp"], theta["skip"], scale, tensor_inputs, cfg.step_mult, cfg.exp_mult, g_flat, p_flat,
-                moms, rmss, buf, clip=clip, extra_bias=to_mlp[i], log_step=None if log_step is None else log_step[i],
-            )  # fmt: skip
+            if use_compiled(self, p_flat.numel()):
+                compiled_apply(
+                    cfg, theta["mlp"], theta["skip"], scale, tensor_inputs, g_flat, p_flat, moms, rmss, clip=clip,
+                    extra_bias=to_mlp[i], log_step=None if log_step is None else log_step[i],
+                )  # fmt: skip
+            else:
+                apply_mlp(
+                    theta["mlp"], theta["skip"], scale, tensor_inputs, cfg.step_mult, cfg.exp_mult, g_flat, p_flat,
+                    moms, rmss, buf, clip=clip, extra_bias=to_mlp[i],
+                    log_step=None if log_step is None else log_step[i],
+                )  # fmt: skip
             st["lstm_h"].copy_(h[i])
             st["lstm_c"].copy_(c[i])
         avg_sq = sum(mean_sq) / max(num_tensors, 1)

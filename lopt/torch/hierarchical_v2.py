@@ -23,8 +23,9 @@ import torch
 from lopt.optimizers.learned.hierarchical import CLIP_DECAY, CLIP_MULT, shape_features
 from lopt.optimizers.learned.hierarchical_v2 import EPS_ABS, EPS_DIR, EPS_REL, HierarchicalV2Config
 from lopt.torch import features as F
+from lopt.torch import kernels as K
 from lopt.torch.hierarchical import loss_features, lstm_cell
-from lopt.torch.mlp import flat_views
+from lopt.torch.mlp import flat_views, hidden_layers, use_compiled
 from lopt.torch.rule import Rule
 
 
@@ -149,14 +150,23 @@ class HierarchicalV2Rule(Rule):
             moms, rmss = self.accumulators(st)
             n, r = max(p.numel(), 1), len(rmss)
             p_flat, g_flat = flat_views(p, g)
+            compiled = use_compiled(self, p_flat.numel())
+            kernels = K.v2_kernels(tuple(cfg.mom_decays), tuple(cfg.rms_decays)) if compiled else None
+            entries = [g_flat, p_flat, *moms, *rmss]
             # pass 1: accumulators; Σ v_j, and the sums behind the LSTM's statistics
-            sums = self._accumulate(g_flat, p_flat, moms, rmss, clip)
+            if compiled:
+                sums = kernels[0](entries, g_flat, p_flat, moms, rmss, clip)
+            else:
+                sums = self._accumulate(g_flat, p_flat, moms, rmss, clip)
             mean_g2, sum_m, sum_m2, sum_v2, sum_p, sum_p2 = sums[:6].unbind()
             mean_g2 = mean_g2 / n
             mean_v = [sv / n for sv in sums[6:].unbind()]
             eps = [EPS_REL * mv + EPS_ABS for mv in mean_v]
             # pass 2: the odd features' second moments
-            second = self._odd_second_moments(g_flat, moms, rmss, clip, eps, n)
+            if compiled:
+                second = kernels[1](entries, g_flat, moms, rmss, clip, torch.stack(eps)) / n
+            else:
+                second = self._odd_second_moments(g_flat, moms, rmss, clip, eps, n)
             mean_m, mean_m2 = sum_m / (n * k), sum_m2 / (n * k)
             mv = sum(mean_v) / len(mean_v)
             mean_v2 = sum_v2 / (n * r)
@@ -203,14 +213,25 @@ class HierarchicalV2Rule(Rule):
             bias = theta["mlp"]["l0"]["b"] + tensor_in @ w0[n_in:] + to_mlp[i]
             # pass 3: the direction, chunk by chunk, then its normalization over the tensor
             d = torch.empty_like(g_flat, dtype=torch.float32)  # (N,)
-            sum_d2 = torch.zeros((), dtype=torch.float32, device=device)
-            for s, e in F.chunks(g_flat.numel(), F.CHUNK):
-                odd = self._odd(g_flat[s:e], [m[s:e] for m in moms], [v[s:e] for v in rmss], clip, eps)
-                even = torch.stack(
-                    [torch.sqrt(v[s:e] * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)]
-                )  # (R, B)
-                d[s:e] = direction(theta["mlp"], theta["skip"], odd, scale, even, bias)
-                sum_d2 += torch.dot(d[s:e], d[s:e])
+            if use_compiled(self, p_flat.numel()):
+                n_odd = scale.shape[0]
+                first_w_t = (
+                    torch.cat([w0[:n_odd], theta["skip"][:, None]], dim=1) * scale[:, None]
+                ).T.contiguous()
+                sum_d2 = K.v2_kernels(tuple(cfg.mom_decays), tuple(cfg.rms_decays))[2](
+                    [g_flat, *moms, *rmss, d], g_flat, moms, rmss, clip, torch.stack(eps),
+                    1.0 / (torch.stack(mean_v) + EPS_ABS), first_w_t, w0[n_odd : n_odd + len(rmss)], bias,
+                    hidden_layers(theta["mlp"]), theta["mlp"]["out"]["w"], d,
+                )  # fmt: skip
+            else:
+                sum_d2 = torch.zeros((), dtype=torch.float32, device=device)
+                for s, e in F.chunks(g_flat.numel(), F.CHUNK):
+                    odd = self._odd(g_flat[s:e], [m[s:e] for m in moms], [v[s:e] for v in rmss], clip, eps)
+                    even = torch.stack(
+                        [torch.sqrt(v[s:e] * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)]
+                    )  # (R, B)
+                    d[s:e] = direction(theta["mlp"], theta["skip"], odd, scale, even, bias)
+                    sum_d2 += torch.dot(d[s:e], d[s:e])
             coef = -(eta * factor[i]) * torch.rsqrt(
                 sum_d2 / max(d.numel(), 1) + EPS_DIR
             )  # −η s(f) factor / RMS(d)

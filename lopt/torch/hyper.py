@@ -42,12 +42,15 @@ class AdamLRRule(Rule):
         f32 = lambda v: torch.tensor(v, dtype=torch.float32, device=params[0].device)  # noqa: E731
         c1 = 1.0 - torch.pow(f32(cfg.b1), f32(count))  # 1 − β1^t, in float32 as optax
         c2 = 1.0 - torch.pow(f32(cfg.b2), f32(count))
-        for p, g, st in zip(params, grads, states):
+        for p, g, st in zip(params, grads, states):  # in place, two scratch buffers: no temporaries
             mu, nu = st["mu"], st["nu"]
-            mu.copy_((1.0 - cfg.b1) * g + cfg.b1 * mu)
-            nu.copy_((1.0 - cfg.b2) * (g * g) + cfg.b2 * nu)
-            u = (mu / c1.to(mu.dtype)) / (torch.sqrt(nu / c2.to(nu.dtype)) + cfg.eps)
-            self.apply(p, -(_lr(theta, st["slot"]) * u.float()))
+            mu.mul_(cfg.b1).add_(g, alpha=1.0 - cfg.b1)  # (1−β1) g + β1 m
+            nu.mul_(cfg.b2).addcmul_(g, g, value=1.0 - cfg.b2)  # (1−β2) g² + β2 v
+            denom = torch.div(nu, c2.to(nu.dtype)).sqrt_().add_(cfg.eps)  # √(v / (1 − β2^t)) + ε
+            u = torch.div(mu, c1.to(mu.dtype)).div_(denom)  # (m / (1 − β1^t)) / denom
+            if u.dtype != torch.float32:
+                u = u.float()
+            self.apply(p, u.mul_(-_lr(theta, st["slot"])))
         group_state["count"] += 1
 
 

@@ -20,6 +20,7 @@ import torch
 
 from lopt.optimizers.learned.mlp import MLPConfig
 from lopt.torch import features as F
+from lopt.torch import kernels as K
 from lopt.torch.rule import Rule
 
 
@@ -75,12 +76,7 @@ def apply_mlp(mlp: dict, skip, scale, tensor_inputs, step_mult: float, exp_mult:
     ``scale`` (F,) ŝ from pass 1, ``tensor_inputs`` (T,) the per-tensor inputs feeding rows F: of
     the first layer, ``extra_bias`` (H0,), ``log_step`` () added inside the exp.
     """
-    f = scale.shape[0]
-    w0, b0 = mlp["l0"]["w"], mlp["l0"]["b"]  # (F + T, H0), (H0,)
-    first_b = b0 + tensor_inputs @ w0[f:]  # (H0,)
-    if extra_bias is not None:
-        first_b = first_b + extra_bias
-    first_w_t = (torch.cat([w0[:f], skip[:, None]], dim=1) * scale[:, None]).T.contiguous()  # (H0 + 1, F)
+    first_w_t, first_b = first_layer(mlp, skip, scale, tensor_inputs, extra_bias)
     for s, e in F.chunks(g.numel(), F.CHUNK):
         pc = p[s:e]
         x = F.param_features(
@@ -92,6 +88,55 @@ def apply_mlp(mlp: dict, skip, scale, tensor_inputs, step_mult: float, exp_mult:
         )
         u = mlp_chunk(x, first_w_t, first_b, mlp, step_mult, exp_mult, log_step)
         pc.add_(u.to(pc.dtype))
+
+
+def first_layer(mlp: dict, skip, scale, tensor_inputs, extra_bias=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first_w_t (H0 + 1, F) = (ŝ W0 | ŝ skip)ᵀ, first_b (H0,)): the first layer with the per-tensor
+    scales and the per-tensor inputs folded in."""
+    f = scale.shape[0]
+    w0, b0 = mlp["l0"]["w"], mlp["l0"]["b"]  # (F + T, H0), (H0,)
+    first_b = b0 + tensor_inputs @ w0[f:]  # (H0,)
+    if extra_bias is not None:
+        first_b = first_b + extra_bias
+    first_w_t = (torch.cat([w0[:f], skip[:, None]], dim=1) * scale[:, None]).T.contiguous()  # (H0 + 1, F)
+    return first_w_t, first_b
+
+
+def hidden_layers(mlp: dict) -> list:
+    """[(W_l, b_l)] of the hidden layers after the first."""
+    layers, i = [], 1
+    while f"l{i}" in mlp:
+        layers.append((mlp[f"l{i}"]["w"], mlp[f"l{i}"]["b"]))
+        i += 1
+    return layers
+
+
+def kernels_of(cfg):
+    """The compiled (accumulate, apply) of an `mlp`/`hierarchical` config."""
+    return K.mlp_kernels(tuple(cfg.spec.mom_decays), tuple(cfg.spec.rms_decays), len(cfg.hidden) - 1,
+                         float(cfg.step_mult), float(cfg.exp_mult))  # fmt: skip
+
+
+def compiled_accumulate(cfg, g, p, moms, rmss, clip=None, stats: bool = False):
+    """`accumulate` as one compiled kernel: (mean x_f² (F,), sums (4,) or None)."""
+    acc, _ = kernels_of(cfg)
+    n, f = g.numel(), cfg.spec.count
+    out = acc([g, p, *moms, *rmss], g, p, moms, rmss, clip, stats)
+    return out[:f] / n, (out[f:] if stats else None)
+
+
+def compiled_apply(cfg, mlp: dict, skip, scale, tensor_inputs, g, p, moms, rmss, clip=None, extra_bias=None,
+                   log_step=None) -> None:  # fmt: skip
+    """`apply_mlp` as one compiled kernel."""
+    _, app = kernels_of(cfg)
+    first_w_t, first_b = first_layer(mlp, skip, scale, tensor_inputs, extra_bias)
+    app([g, p, *moms, *rmss], g, p, moms, rmss, clip, first_w_t, first_b, hidden_layers(mlp), mlp["out"]["w"],
+        mlp["out"]["b"], log_step)  # fmt: skip
+
+
+def use_compiled(rule, n: int) -> bool:
+    """Whether a tensor of ``n`` entries runs the compiled kernels."""
+    return rule.compile and K.Compiled.usable(n)
 
 
 def flat_views(p: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,10 +182,16 @@ class MLPRule(Rule):
         theta = self.theta_on(params[0].device)
         emb = F.step_embedding(int(group_state["count"]), params[0].device)  # (11,)
         log_step = cfg.log_step_mult * theta["log_step"] if cfg.log_step_mult > 0 else None
-        buf = feature_buffer(spec, params)
+        buf = None
         for p, g, st in zip(params, grads, states):
             moms, rmss = self.accumulators(st)
             p_flat, g_flat = flat_views(p, g)
+            if use_compiled(self, p_flat.numel()):
+                second, _ = compiled_accumulate(cfg, g_flat, p_flat, moms, rmss)
+                compiled_apply(cfg, theta["mlp"], theta["skip"], F.scales(second), emb, g_flat, p_flat, moms, rmss,
+                               log_step=log_step)  # fmt: skip
+                continue
+            buf = feature_buffer(spec, params) if buf is None else buf
             second, _ = accumulate(spec, g_flat, p_flat, moms, rmss, buf)
             apply_mlp(theta["mlp"], theta["skip"], F.scales(second), emb, cfg.step_mult, cfg.exp_mult,
                       g_flat, p_flat, moms, rmss, buf, log_step=log_step)  # fmt: skip

@@ -82,6 +82,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
       num_steps: the length T of the training run; required by the horizon-aware architectures
         (``hierarchical_v2``), unused by the others (as ``lopt.pretrained(name, num_steps=T)``).
       frozen: never update these params.
+      compile: run each tensor's passes as kernels compiled by `torch.compile` (`lopt.torch.kernels`;
+        ~5x faster at 1e6 entries on CPU, the same results to float32 rounding). The first step
+        compiles them (seconds to tens of seconds, cached on disk by inductor across processes);
+        if compilation fails the optimizer warns once and runs the eager ops. ``False``: eager only.
 
     Raises:
       UnknownNameError: ``name`` is not shipped (the message lists those that are).
@@ -90,12 +94,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params, name: str | None = None, *, theta: Any = None, architecture: Any = None,
-                 num_steps: int | None = None, frozen: bool = False, **kwargs: Any):  # fmt: skip
+                 num_steps: int | None = None, frozen: bool = False, compile: bool = True,
+                 **kwargs: Any):  # fmt: skip
         _refuse_hparams(kwargs, "LearnedOptimizer(...)")
         if kwargs:
             raise TypeError(f"LearnedOptimizer got unexpected arguments {sorted(kwargs)}; it takes name=, theta=, "
                             "architecture=, num_steps= and frozen= (and no learning rate).")  # fmt: skip
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}.")
         self._rules: dict[tuple, Rule] = {}
+        self.compile = compile
         defaults = {
             "name": name,
             "theta": theta,
@@ -126,7 +134,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         key = source_of(group["name"], group["theta"], group["architecture"])
         if key not in self._rules:
             learned, theta = resolve(group["name"], group["theta"], group["architecture"])
-            self._rules[key] = RULES[learned.name](learned, theta)
+            self._rules[key] = RULES[learned.name](learned, theta, compile=self.compile)
         return self._rules[key]
 
     def _group_state(self, group: dict, rule: Rule) -> dict:

@@ -44,12 +44,13 @@ class Rule(abc.ABC):
 
     config_class: type
 
-    def __init__(self, learned: LearnedOptimizer, theta: Any):
+    def __init__(self, learned: LearnedOptimizer, theta: Any, compile: bool = False):
         if not isinstance(learned.config, self.config_class):
             raise TypeError(f"{type(self).__name__} runs {self.config_class.__name__}, got {learned!r}")
         self.learned = learned
         self.config = learned.config
         self.theta = theta_to_torch(theta)
+        self.compile = compile  # run the per-tensor passes as compiled kernels (`lopt.torch.kernels`)
         self._on_device: dict[torch.device, Any] = {torch.device("cpu"): self.theta}
 
     @property
