@@ -3,7 +3,8 @@
     python benchmarks/distributed.py                  # both cores idle: wrap with tools that pause other jobs
     python benchmarks/distributed.py --steps 40 --json out.json
 
-Measured, on one config (MLPs on digits, two task groups of equal cost, PES, the mlp optimizer):
+Measured, on one config (two task groups of equal cost: 1000- and 1001-d quadratics, 4 particles
+each, K = 20, PES, the mlp optimizer):
 
 1. single process (all cores) vs one Ray worker (all cores; the learner in this process):
    outer steps/s, target ratio >= 0.90;
@@ -29,12 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIG = {
-    "family": "mlp",
-    "space": '{"datasets": ["digits"], "depths": [1], "widths": [32], "activations": ["relu", "tanh"], '
-    '"batch_sizes": [64]}',
+CONFIG = {  # two task groups of equal cost (1000- and 1001-d quadratics), compute-bound, quick to compile
+    "family": "quadratic",
+    "space": '{"dims": [1000, 1001]}',
     "num_groups": 2,
-    "num_particles": 8,
+    "num_particles": 4,
     "truncation_length": 20,
     "horizon": (200, 1000),
     "validate_every": 0,
@@ -42,7 +42,7 @@ CONFIG = {
     "ckpt_every": 0,
     "ckpt_minutes": 0.0,
     "log_every": 1000,
-    "seed": 1,
+    "seed": 0,
 }
 WARMUP = 5
 
@@ -68,7 +68,7 @@ def single(steps: int) -> dict:
     from lopt.meta_train.trainer import MetaTrainer
 
     trainer = MetaTrainer.from_config(_config(num_steps=steps))
-    state, data = trainer.init(jax.random.key(1)), trainer.data()
+    state, data = trainer.init(jax.random.key(CONFIG["seed"])), trainer.data()
     times = []
     for _ in range(steps):
         state, metrics = trainer.step(state, data, trainer.hparams)
@@ -179,7 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=40, help="outer steps per measurement (5 are warm-up)")
+    parser.add_argument("--steps", type=int, default=25, help="outer steps per measurement (5 are warm-up)")
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--role", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result", default="", help=argparse.SUPPRESS)
@@ -237,6 +237,31 @@ def main() -> None:
         "ray_per_call_s": msg["per_call_s"],
     }
     print("scaling-model inputs: " + ", ".join(f"{k}={v:.6g}" for k, v in model.items()))
+    from lopt.distributed.scaling import ScalingInputs, learner_bound, step_seconds, throughput
+
+    x = ScalingInputs(ray2["worker_seconds"], one["update_s"], msg["per_call_s"], msg["latency_s"])
+    print(
+        f"model check: 2 workers x 1 group, T = {step_seconds(x, 2):.4f} s predicted, "
+        f"{1 / ray2['steps_per_s']:.4f} s measured; one process on one core (2 groups, no messages): "
+        f"{2 * x.estimate_s + x.update_s:.4f} s predicted, {1 / pinned['steps_per_s']:.4f} s measured"
+    )
+    print(
+        f"{'workers':>8}{'groups/worker':>15}{'staleness':>11}{'step s':>10}{'group estimates/s':>19}{'efficiency':>12}"
+    )
+    for g in (1, 4):
+        for n in (1, 2, 10, 100, 1000):
+            for st in (0, 1):
+                eff = throughput(x, n, g, st) / (n * throughput(x, 1, g, st))
+                print(
+                    f"{n:>8}{g:>15}{st:>11}{step_seconds(x, n, g, st):>10.4f}{throughput(x, n, g, st):>19.1f}{eff:>12.2f}"
+                )
+        print(f"learner bound N* (g = {g}): {learner_bound(x, g):.0f} workers")
+    model["predicted"] = {
+        f"{n}x{g}s{st}": throughput(x, n, g, st)
+        for g in (1, 4)
+        for n in (1, 2, 10, 100, 1000)
+        for st in (0, 1)
+    }
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:

@@ -346,3 +346,17 @@ def test_the_single_machine_path_does_not_import_ray():
         "lopt.distributed.core; assert 'ray' not in sys.modules, 'ray imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow  # trains the valid-small suite's tasks twice on the validation actor
+def test_validation_runs_on_its_own_actor(cluster, tmp_path):
+    ref, _ = _reference()
+    cfg = _cfg(cluster, tmp_path, workers=2, validate_every=10, validation="valid-small")
+    state = meta_train_distributed(cfg, progress=False)
+    assert _bits(state.theta) == _bits(ref.theta)  # validation never touches the trajectory
+    rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+    valid = {r["step"]: r for r in rows if "valid/score" in r}
+    assert sorted(valid) == [0, 10, 20] and all(np.isfinite(r["valid/score"]) for r in valid.values())
+    best = json.loads((Path(cfg.out) / "best.json").read_text())
+    assert best["score"] == min(r["valid/score"] for r in valid.values())
+    assert (Path(cfg.out) / "best.safetensors").exists()
