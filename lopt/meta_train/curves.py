@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="CPU-hours")
     parser.add_argument("--out", default="", help="write curves.md, curves.json and validation.png here")
     args = parser.parse_args(argv)
-    from lopt import figures
+    from lopt.report import figures
 
     curves, lines = {}, []
     head = (

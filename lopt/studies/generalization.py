@@ -120,17 +120,33 @@ def run_study(
 
 
 def to_markdown(rows: list[dict], name: str) -> str:
-    lines = [
-        f"| task | variant | params | steps | Adam lr (tuned) | Adam test loss | {name} test loss | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+    """The rows as a Markdown table (`lopt.report.render.table`)."""
+    from lopt.report.render import table
+
+    header = [
+        "task",
+        "variant",
+        "params",
+        "steps",
+        "Adam lr (tuned)",
+        "Adam test loss",
+        f"{name} test loss",
+        "ratio",
     ]
-    for r in rows:
-        lr = "-" if r["adam_lr"] is None else f"{r['adam_lr']:.3g}"
-        lines.append(
-            f"| {r['task']} | {r['variant']} | {r['params']:,} | {r['steps']:,} | {lr} | "
-            f"{r['adam_test_loss']:.4g} | {r['learned_test_loss']:.4g} | {r['ratio']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
+    body = [
+        [
+            r["task"],
+            r["variant"],
+            f"{r['params']:,}",
+            f"{r['steps']:,}",
+            "-" if r["adam_lr"] is None else f"{r['adam_lr']:.3g}",
+            f"{r['adam_test_loss']:.4g}",
+            f"{r['learned_test_loss']:.4g}",
+            f"{r['ratio']:.3f}",
+        ]
+        for r in rows
+    ]
+    return table(header, body)
 
 
 @dataclasses.dataclass(frozen=True)

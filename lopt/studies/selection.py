@@ -67,23 +67,26 @@ def rank(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict], long: bool) -> str:
-    head = "| candidate | score at T | wins vs AdamLR-global | wins vs AdamLR-per-task | diverged |"
-    sep = "|---|---|---|---|---|"
-    if long:
-        head += " score at 10 T | wins vs global at 10 T |"
-        sep += "---|---|"
-    lines = [head, sep]
+    """The ranking as a Markdown table (`lopt.report.render.table`)."""
+    from lopt.report.render import table as render
+
+    header = ["candidate", "score at T", "wins vs AdamLR-global", "wins vs AdamLR-per-task", "diverged"]
+    header += ["score at 10 T", "wins vs global at 10 T"] if long else []
+    body = []
     for r in rows:
         n = r["valid/tasks"]
-        line = (
-            f"| {r['name']} | {r['valid/score']:.4f} | {r['valid/wins_global']}/{n} | "
-            f"{r['valid/wins_per_task']}/{n} | {r['valid/diverged']} |"
-        )
+        row = [
+            r["name"],
+            f"{r['valid/score']:.4f}",
+            f"{r['valid/wins_global']}/{n}",
+            f"{r['valid/wins_per_task']}/{n}",
+            r["valid/diverged"],
+        ]
         if long:
-            line += f" {r.get('valid_long/score', float('nan')):.4f} | {r.get('valid_long/wins_global', '-')}"
-            line += f"/{r.get('valid_long/tasks', '-')} |"
-        lines.append(line)
-    return "\n".join(lines)
+            row.append(f"{r.get('valid_long/score', float('nan')):.4f}")
+            row.append(f"{r.get('valid_long/wins_global', '-')}/{r.get('valid_long/tasks', '-')}")
+        body.append(row)
+    return render(header, body).rstrip("\n")
 
 
 def validate_candidates(

@@ -153,20 +153,28 @@ def _summary(lrs: np.ndarray, final_loss: float) -> dict:
 
 
 def table(study: dict) -> str:
+    from lopt.report.render import table as render
+
     full = study["horizons"][study["num_steps"]]
-    lines = [
-        f"**{study['task']}**, T = {study['num_steps']} steps of SGD",
-        "",
-        "| horizon k | lr chosen (2nd half, geo. mean) | full-horizon lr / chosen | first lr | final loss |",
-        "|---|---|---|---|---|",
+    header = [
+        "horizon k",
+        "lr chosen (2nd half, geo. mean)",
+        "full-horizon lr / chosen",
+        "first lr",
+        "final loss",
     ]
-    for k, r in study["horizons"].items():
-        name = f"{k} (full)" if int(k) == study["num_steps"] else str(k)
-        lines.append(
-            f"| {name} | {r['lr_chosen']:.3g} | {full['lr_chosen'] / r['lr_chosen']:.1f}x | "
-            f"{r['lr_first']:.3g} | {r['final_loss']:.4g} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            f"{k} (full)" if int(k) == study["num_steps"] else str(k),
+            f"{r['lr_chosen']:.3g}",
+            f"{full['lr_chosen'] / r['lr_chosen']:.1f}x",
+            f"{r['lr_first']:.3g}",
+            f"{r['final_loss']:.4g}",
+        ]
+        for k, r in study["horizons"].items()
+    ]
+    title = f"**{study['task']}**, T = {study['num_steps']} steps of SGD"
+    return f"{title}\n\n{render(header, rows)}".rstrip("\n")
 
 
 def figure(path: str, studies: list[dict]) -> None:

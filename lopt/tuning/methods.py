@@ -104,7 +104,8 @@ METHODS: dict[str, Callable[[Budget], Method]] = {
 def learned_method(name: str, learned: Any, theta: Any, doc: str = "") -> Method:
     """A learned optimizer with fixed weights as a method: one trial, no tuning (``select="fixed"``)."""
     # the optimizer of `lopt.evaluate.evaluate_learned` (theta a constant): what lopt.pretrained gives
-    search = fixed_search(f"{name}({learned.name})", optax.with_extra_args_support(learned.transform(theta)))
+    optimizer = optax.with_extra_args_support(learned.transform(theta))
+    search = fixed_search(f"{name}({learned.name})", optimizer, hparams=theta)
     return Method(name, search, "fixed", doc=doc or f"learned optimizer {learned.name}, no tuning")
 
 

@@ -118,9 +118,13 @@ def fixed_search(
     hparams: Any = None,
 ) -> Search:
     """One trial: a plain optax ``optimizer``, or ``make(hparams)`` (e.g. a learned optimizer's
-    ``transform`` with ``theta``), to compare without tuning."""
-    if optimizer is not None:
+    ``transform`` with ``theta``), to compare without tuning. With both ``optimizer`` and
+    ``hparams``, the optimizer runs and ``hparams`` is its recorded trial (the theta it was built
+    from: part of the cache key)."""
+    if optimizer is not None and hparams is None:
         return Search(name, _Constant(optimizer), {"_": np.zeros((1,), np.float32)})
+    if optimizer is not None:
+        return Search(name, _Constant(optimizer), jax.tree.map(lambda x: np.asarray(x)[None], hparams))
     if make is None:
         raise ConfigError(f"fixed_search({name!r}) needs an optimizer, or make= and hparams=.")
     return Search(name, make, jax.tree.map(lambda x: np.asarray(x)[None], hparams))
