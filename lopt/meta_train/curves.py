@@ -42,14 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="", help="write curves.md, curves.json and validation.png here")
     args = parser.parse_args(argv)
     from lopt.report import figures
+    from lopt.report.render import table
 
-    curves, lines = {}, []
-    head = (
-        "| run | "
-        + " | ".join(f"best score within {b:g} CPU-h (step)" for b in args.budgets)
-        + " | CPU-h run |"
-    )
-    lines += [head, "|---" * (len(args.budgets) + 2) + "|"]
+    curves, body = {}, []
+    header = ["run", *(f"best score within {b:g} CPU-h (step)" for b in args.budgets), "CPU-h run"]
     for spec in args.runs:
         name, _, path = (
             spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
@@ -72,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if best is None or rows[-1]["cpu_seconds"] < b * 3600 * 0.98
                 else f"{best['valid/score']:.4f} ({best['step']})"
             )
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {rows[-1]['cpu_seconds'] / 3600:.2f} |")
-    text = "\n".join(lines)
+        body.append([name, *cells, f"{rows[-1]['cpu_seconds'] / 3600:.2f}"])
+    text = table(header, body).rstrip("\n")
     print(text)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
