@@ -71,7 +71,7 @@ class WorkerProgram:
     def estimate(self, keys: np.ndarray, theta: PyTree, states: tuple) -> tuple[tuple, tuple, tuple]:
         """(per-group estimates, new states, per-group metrics) for key data ``keys`` (len(groups), 2)."""
         typed = jax.random.wrap_key_data(jnp.asarray(keys))
-        return self._run(typed, theta, states, self._data, self._hparams)
+        return self._run(typed, theta, states, self._data, self._hparams)  # pyright: ignore[reportAttributeAccessIssue]
 
     def fresh_states(self, key: jax.Array, theta: PyTree) -> tuple:
         """Fresh estimator states of the groups (particles that start new episodes at their next estimate)."""
@@ -104,7 +104,7 @@ class LearnerProgram:
 
     def update(self, state: OuterState, grads: tuple, metrics: tuple) -> tuple[OuterState, dict]:
         """(state after one update, metrics) from one estimate per group, in group order."""
-        return self._run(state, grads, metrics)
+        return self._run(state, grads, metrics)  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _update(state: OuterState, grads, group_metrics, *, weights, outer_opt):

@@ -220,6 +220,7 @@ def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, pr
                         f"first outer step (build, start workers, compile, run): {now - t_first:.1f} s"
                     )
                     t_mark, step_mark = now, step
+                assert t_mark is not None
                 rate = (step - step_mark) / (now - t_mark) if step > step_mark else 0.0
                 cpu = cpu_seconds()
                 for s, m in rows:

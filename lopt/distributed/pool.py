@@ -161,7 +161,7 @@ class WorkerPool:
                 try:
                     got = self.ray.get(self.slots[w].actor.get_states.remote())
                     break
-                except self.ray.exceptions.RayActorError:
+                except self.ray.exceptions.RayActorError:  # pyright: ignore[reportAttributeAccessIssue]
                     self._replace(w, "died")
             else:
                 raise RuntimeError(f"worker {w} died three times in a row while sending its states.")
@@ -225,7 +225,7 @@ class WorkerPool:
         slot = self.slots[w]
         try:
             msg = self.ray.get(done[0])
-        except self.ray.exceptions.RayActorError:
+        except self.ray.exceptions.RayActorError:  # pyright: ignore[reportAttributeAccessIssue]
             self._replace(w, "died")
             self._send(w)
             return
