@@ -3,11 +3,12 @@
 For each parameter set (one flat tensor of 1e5, 1e6, 1e7 floats; an MLP 784-512-512-10, the
 shapes of benchmarks/step_cost.py) and each optimizer: ``step()`` on fixed gradients, interleaved
 rounds, the median over rounds of the mean over ``--calls`` calls. Ratios are against three AdamW
-steps measured in the same rounds, side by side: ``fused=True`` (the fastest), ``foreach=True``, and
+steps measured in the same rounds, side by side: ``fused=True``, ``foreach=True``, and
 the default ``torch.optim.AdamW(params, lr)`` (on CPU in torch 2.13 neither: the for-loop). The
 learned optimizers are the shipped ones and every architecture of `lopt.LEARNED` at its initial
 theta (the step cost does not depend on theta), each with compiled kernels (the default,
-``compile=True``) and eager (``compile=False``, rows marked "eager"). "first step" is the wall time
+``compile=True``) and eager (``compile=False``, rows marked "eager"; ``adam_lr`` and ``sgdm`` have
+no compiled kernels and run eagerly either way). "first step" is the wall time
 of the first ``step()``, which for compiled rows includes compiling the kernels for that size class
 (inductor's on-disk cache makes it shorter in later processes).
 
@@ -29,6 +30,7 @@ from rich.table import Table
 import lopt
 import lopt.torch
 from lopt.optimizers.learned.registry import LEARNED
+from lopt.torch.kernels import ARCHITECTURES
 
 NUM_STEPS = 10_000  # T for the horizon-aware architectures (the cost does not depend on it)
 
@@ -63,7 +65,7 @@ def optimizers() -> dict[str, Callable[[list], torch.optim.Optimizer]]:
             opts[name + tag] = lambda ps, name=name, c=compile: lopt.torch.LearnedOptimizer(
                 ps, name=name, num_steps=NUM_STEPS, compile=c
             )
-        for arch in LEARNED:
+        for arch in LEARNED if compile else [a for a in LEARNED if a in ARCHITECTURES]:
             opts[f"{arch} (init){tag}"] = lambda ps, arch=arch, c=compile: lopt.torch.LearnedOptimizer(
                 ps, architecture=arch, num_steps=NUM_STEPS, compile=c
             )
