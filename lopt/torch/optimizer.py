@@ -82,10 +82,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
       num_steps: the length T of the training run; required by the horizon-aware architectures
         (``hierarchical_v2``), unused by the others (as ``lopt.pretrained(name, num_steps=T)``).
       frozen: never update these params.
-      compile: run each tensor's passes as kernels compiled by `torch.compile` (`lopt.torch.kernels`;
-        ~5x faster at 1e6 entries on CPU, the same results to float32 rounding). The first step
-        compiles them (seconds to tens of seconds, cached on disk by inductor across processes);
-        if compilation fails the optimizer warns once and runs the eager ops. ``False``: eager only.
+      compile: run each tensor's passes as kernels compiled by `torch.compile` (`lopt.torch.kernels`:
+        ~3.5x faster than eager at 1e6 entries on CPU, the same results to float32 rounding). The
+        first step compiles them (on a busy 2-core CPU 42-91 s with an empty inductor cache, 7-20 s
+        once inductor's on-disk cache holds them); a failed compilation warns once and runs the
+        eager ops. ``False``: eager only.
 
     Raises:
       UnknownNameError: ``name`` is not shipped (the message lists those that are).
