@@ -4,9 +4,9 @@ Skipped when torch is absent or MNIST is not fetched (failing instead under ``$L
 as ``make test`` sets it).
 """
 
+import ast
 import importlib.util
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -18,9 +18,27 @@ torch.set_num_threads(1)  # see tests/test_torch_equivalence.py
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 STEPS = 150
-_CHOICE = re.compile(
-    r"^(?P<indent>\s*)(?P<target>\w+) = (?P<pretrained>.+) if optimizer_name == \"pretrained\" else (?P<adamw>.+)$"
-)
+
+
+def _choice() -> dict:
+    """The script's ``target = PRETRAINED if optimizer_name == "pretrained" else ADAMW`` (on one line
+    or wrapped by ruff format): indent, target and the source of both branches."""
+    src = _source()
+    found = [
+        node
+        for node in ast.walk(ast.parse(src))
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.IfExp)
+        and ast.unparse(node.value.test) == "optimizer_name == 'pretrained'"
+    ]
+    assert len(found) == 1, "expected one optimizer-choice statement"
+    (node,) = found
+    return {
+        "indent": " " * node.col_offset,
+        "target": ast.unparse(node.targets[0]),
+        "pretrained": ast.get_source_segment(src, node.value.body),
+        "adamw": ast.get_source_segment(src, node.value.orelse),
+    }
 
 
 def _source() -> str:
@@ -35,9 +53,7 @@ def _module():
 
 
 def test_one_line_apart_and_documented():
-    choices = [m for line in _source().splitlines() if (m := _CHOICE.match(line))]
-    assert len(choices) == 1, "expected one optimizer-choice line"
-    (m,) = choices
+    m = _choice()
     code = [
         line
         for line in _source().splitlines()

@@ -39,9 +39,8 @@ from lopt.torch import features as F
 ARCHITECTURES = ("mlp", "hierarchical", "hierarchical_v2")  # those with compiled kernels (the others: eager)
 SMALL = 4096  # the upper end of the small size class (inductor's cascade sums start at 4097)
 MIN_ENTRIES = 2  # smaller tensors run eagerly (dynamo specializes sizes 0 and 1)
-OPTIONS = {
-    "cpp.enable_floating_point_contract_flag": "fast"
-}  # a·b + c as one FMA: 19% faster (BENCHMARKS.md)
+# a·b + c as one FMA: the compiled mlp-small-v1 step 19% faster (BENCHMARKS.md)
+OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
 
 
 def _dot(terms: list) -> torch.Tensor:
