@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from tensorboardX import SummaryWriter
 
 
 def _jsonable(value: Any) -> Any:
@@ -35,6 +34,8 @@ class MetricsLog:
         self.file = open(self.path, "w")  # noqa: SIM115  (open for the whole run; `close` closes it)
         self.file.writelines(line + "\n" for line in kept)
         self.file.flush()
+        from tensorboardX import SummaryWriter  # here: tensorboardX imports torch when present, lopt must not
+
         self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
 
     def last(self, name: str) -> Any:
