@@ -187,6 +187,10 @@ def main() -> None:
     parser.add_argument("--cores", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
+        import jax  # compiled programs persist (as `lopt meta-train` does): only the first run compiles
+
+        if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/lopt/jax"))
         if args.role == "single":
             got = single(args.steps)
         elif args.role == "rpc":
@@ -200,12 +204,18 @@ def main() -> None:
 
     ncpu = len(os.sched_getaffinity(0))
     load = os.getloadavg()
-    print(f"cores available: {ncpu}; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"cores available: {ncpu}; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True
+    )
     one = _child("single", args.steps, None, [])
     print(f"groups: {', '.join(one['groups'])}")
+    print(f"single process, all cores: {one['steps_per_s']:.3f} outer steps/s", flush=True)
     ray1 = _child("ray", args.steps, None, ["--workers", "1"])
+    print(f"1 Ray worker, all cores: {ray1['steps_per_s']:.3f} outer steps/s", flush=True)
     pinned = _child("single", args.steps, "0", [])
+    print(f"single process, core 0: {pinned['steps_per_s']:.3f} outer steps/s", flush=True)
     ray2 = _child("ray", args.steps, None, ["--workers", "2", "--cores", "0,1"])
+    print(f"2 Ray workers, cores 0 and 1: {ray2['steps_per_s']:.3f} outer steps/s", flush=True)
     msg = _child("rpc", args.steps, None, [])
     r1 = ray1["steps_per_s"] / one["steps_per_s"]
     r2 = ray2["steps_per_s"] / pinned["steps_per_s"]

@@ -6,7 +6,9 @@ starting a local one.
 
 ``"auto"`` joins the cluster that ``ray start --head`` started on this machine (its address is in
 Ray's session files) and starts a local cluster when there is none; any other value is a cluster
-address (``HOST:PORT``, or ``ray://HOST:PORT`` for Ray Client) and must be reachable.
+address (``HOST:PORT``, or ``ray://HOST:PORT`` for Ray Client) and must be reachable. A local
+cluster started here runs its workers at niceness 0, as the learner (Ray's default, 15, let any
+other job on the machine take their cores; measured in benchmarks/distributed.py).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ def connect(address: str, num_cpus: int) -> bool:
         try:
             ray.init(address="auto", **common)
             return False
-        except ConnectionError:  # no running cluster: start one on this machine, on loopback
+        except ConnectionError:  # no running cluster: start one on this machine
+            # Ray runs workers at niceness 15 by default; here they are the run's foreground work
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=max(num_cpus, os.cpu_count() or 1), _node_ip_address="127.0.0.1", **common)
             return True
     try:
