@@ -177,7 +177,7 @@ def save(
     }
     final = checkpoint_path(directory, step)
     temp = directory / f".{final.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
-    serialization.atomic_write(final, serialization.encode(tensors, metadata), temp)
+    serialization.atomic_write(final, lambda: serialization.encode(tensors, metadata), temp)
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
             if old != final:

@@ -96,15 +96,18 @@ def encode(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
     return serialize(specs, metadata={**metadata, "sha256": digest.hexdigest()})
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, temp: str | os.PathLike | None = None) -> Path:
-    """Write ``data`` to ``path`` atomically (``temp``: the temp file, default a hidden unique name
-    beside ``path``); returns ``path``."""
+def atomic_write(
+    path: str | os.PathLike, data: bytes | Callable[[], bytes], temp: str | os.PathLike | None = None
+) -> Path:
+    """Write ``data`` (or what ``data()`` returns, computed once the temp file exists) to ``path``
+    atomically (``temp``: the temp file, default a hidden unique name beside ``path``); returns
+    ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(temp) if temp else path.parent / f".{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         with open(temp, "xb") as f:
-            f.write(data)
+            f.write(data() if callable(data) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
@@ -130,7 +133,7 @@ def _fsync_directory(directory: Path) -> None:
 
 def write(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Path:
     """`encode` and `atomic_write`."""
-    return atomic_write(path, encode(tensors, metadata))
+    return atomic_write(path, lambda: encode(tensors, metadata))
 
 
 def read(
