@@ -57,7 +57,7 @@ def _run(devices: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("devices", [1, 2])
+@pytest.mark.parametrize("devices", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_sharded_population_step(devices):
     got = _run(devices)
     assert got["devices"] == devices and got["step"] == 10

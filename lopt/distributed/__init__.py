@@ -7,6 +7,7 @@
 Modules, one idea each: `core` (the two halves of an outer step, pure JAX), `wire` (what crosses
 processes), `worker` (the actor's body), `pool` (the learner's side of the workers: protocol,
 staleness, faults), `validation` (the validation actor), `learner` (the loop), `cluster`
-(importing Ray, joining or starting a cluster), `sharding` (the particle axis across devices).
+(importing Ray, joining or starting a cluster), `sharding` (the particle axis across devices),
+`scaling` (the throughput model of docs/scaling.md).
 Importing this package, `core`, `wire` or `sharding` does not import Ray.
 """
