@@ -202,6 +202,7 @@ def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, pr
                 if (
                     save_now
                 ):  # the workers' states after this step (synchronous: exactly the single-process state)
+                    audit.flush()  # every update a checkpoint holds is in estimates.jsonl first
                     full = lstate._replace(estimator_states=from_host(pool.get_states()))
                     manager.save(step, full, cfg.trajectory())
                     checkpoint.save(out / "portable", step, portable(full), cfg.trajectory(), keep=1)
