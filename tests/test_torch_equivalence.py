@@ -34,8 +34,10 @@ NOISE = [{k: (0.3 * _rng.normal(size=SHAPES[k])).astype(np.float32) for k in NAM
 
 def grads_and_loss(params: dict, t: int) -> tuple[dict, np.float32]:
     """Gradients of Σ_k (1+k)/2 ‖p_k − c_k‖² plus fixed noise at step t, and the loss Σ ‖p_k − c_k‖²."""
-    grads = {k: (np.asarray(params[k], np.float32) - TARGET[k]) * np.float32(1 + i) + NOISE[t % NUM_STEPS][k]
-             for i, k in enumerate(NAMES)}  # fmt: skip
+    grads = {
+        k: (np.asarray(params[k], np.float32) - TARGET[k]) * np.float32(1 + i) + NOISE[t % NUM_STEPS][k]
+        for i, k in enumerate(NAMES)
+    }
     loss = sum(float(np.sum(np.square(np.asarray(params[k], np.float32) - TARGET[k]))) for k in NAMES)
     return grads, np.float32(loss)
 

@@ -20,7 +20,7 @@ from lopt.optimizers.learned.hierarchical import (
     VALID_DECAY,
     HierarchicalConfig,
     shape_features,
-)  # fmt: skip
+)
 from lopt.torch import features as F
 from lopt.torch.mlp import (
     accumulate,
@@ -184,15 +184,36 @@ class HierarchicalRule(Rule):
             )
             if use_compiled(self, p_flat.numel()):
                 compiled_apply(
-                    cfg, theta["mlp"], theta["skip"], scale, tensor_inputs, g_flat, p_flat, moms, rmss, clip=clip,
-                    extra_bias=to_mlp[i], log_step=None if log_step is None else log_step[i],
-                )  # fmt: skip
+                    cfg,
+                    theta["mlp"],
+                    theta["skip"],
+                    scale,
+                    tensor_inputs,
+                    g_flat,
+                    p_flat,
+                    moms,
+                    rmss,
+                    clip=clip,
+                    extra_bias=to_mlp[i],
+                    log_step=None if log_step is None else log_step[i],
+                )
             else:
                 apply_mlp(
-                    theta["mlp"], theta["skip"], scale, tensor_inputs, cfg.step_mult, cfg.exp_mult, g_flat, p_flat,
-                    moms, rmss, buf, clip=clip, extra_bias=to_mlp[i],
+                    theta["mlp"],
+                    theta["skip"],
+                    scale,
+                    tensor_inputs,
+                    cfg.step_mult,
+                    cfg.exp_mult,
+                    g_flat,
+                    p_flat,
+                    moms,
+                    rmss,
+                    buf,
+                    clip=clip,
+                    extra_bias=to_mlp[i],
                     log_step=None if log_step is None else log_step[i],
-                )  # fmt: skip
+                )
             st["lstm_h"].copy_(h[i])
             st["lstm_c"].copy_(c[i])
         avg_sq = sum(mean_sq) / max(num_tensors, 1)

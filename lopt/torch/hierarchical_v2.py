@@ -101,10 +101,17 @@ class HierarchicalV2Rule(Rule):
                 m.add_(gc - m, alpha=1.0 - b)  # m + (1−β)(g − m)
             for c, v in zip(cfg.rms_decays, vc):
                 v.mul_(c).add_(((1.0 - c) * gc) * gc)  # c v + (1−c) g g
-            sums += torch.stack([
-                torch.dot(gc, gc), sum(m.sum() for m in mc), sum(torch.dot(m, m) for m in mc),
-                sum(torch.dot(v, v) for v in vc), pc.sum(), torch.dot(pc, pc), *[v.sum() for v in vc],
-            ])  # fmt: skip
+            sums += torch.stack(
+                [
+                    torch.dot(gc, gc),
+                    sum(m.sum() for m in mc),
+                    sum(torch.dot(m, m) for m in mc),
+                    sum(torch.dot(v, v) for v in vc),
+                    pc.sum(),
+                    torch.dot(pc, pc),
+                    *[v.sum() for v in vc],
+                ]
+            )
         return sums
 
     def _odd(self, g, moms, rmss, clip, eps) -> torch.Tensor:
@@ -172,11 +179,16 @@ class HierarchicalV2Rule(Rule):
             mean_v2 = sum_v2 / (n * r)
             p2, mean_p = sum_p2 / n, sum_p / n
             z = [
-                F.clip_log_abs(mean_m), F.clip_log_abs(torch.clamp(mean_m2 - mean_m * mean_m, min=0.0)),
-                F.clip_log_abs(mv), F.clip_log_abs(torch.clamp(mean_v2 - mv * mv, min=0.0)),
-                F.clip_log_abs(mean_p), torch.sign(mean_p), F.clip_log_abs(torch.clamp(p2 - mean_p * mean_p, min=0.0)),
-                F.clip_log_abs(torch.sqrt(mean_g2 * n)), F.clip_log_abs(torch.sqrt(p2 * n)),
-            ]  # fmt: skip
+                F.clip_log_abs(mean_m),
+                F.clip_log_abs(torch.clamp(mean_m2 - mean_m * mean_m, min=0.0)),
+                F.clip_log_abs(mv),
+                F.clip_log_abs(torch.clamp(mean_v2 - mv * mv, min=0.0)),
+                F.clip_log_abs(mean_p),
+                torch.sign(mean_p),
+                F.clip_log_abs(torch.clamp(p2 - mean_p * mean_p, min=0.0)),
+                F.clip_log_abs(torch.sqrt(mean_g2 * n)),
+                F.clip_log_abs(torch.sqrt(p2 * n)),
+            ]
             shape = torch.from_numpy(shape_features(tuple(p.shape))).to(device)
             lstm_x.append(torch.cat([torch.stack(z), shape]))
             mean_sq.append(mean_g2)
@@ -219,10 +231,20 @@ class HierarchicalV2Rule(Rule):
                     torch.cat([w0[:n_odd], theta["skip"][:, None]], dim=1) * scale[:, None]
                 ).T.contiguous()
                 sum_d2 = K.v2_kernels(tuple(cfg.mom_decays), tuple(cfg.rms_decays))[2](
-                    [g_flat, *moms, *rmss, d], g_flat, moms, rmss, clip, torch.stack(eps),
-                    1.0 / (torch.stack(mean_v) + EPS_ABS), first_w_t, w0[n_odd : n_odd + len(rmss)], bias,
-                    hidden_layers(theta["mlp"]), theta["mlp"]["out"]["w"], d,
-                )  # fmt: skip
+                    [g_flat, *moms, *rmss, d],
+                    g_flat,
+                    moms,
+                    rmss,
+                    clip,
+                    torch.stack(eps),
+                    1.0 / (torch.stack(mean_v) + EPS_ABS),
+                    first_w_t,
+                    w0[n_odd : n_odd + len(rmss)],
+                    bias,
+                    hidden_layers(theta["mlp"]),
+                    theta["mlp"]["out"]["w"],
+                    d,
+                )
             else:
                 sum_d2 = torch.zeros((), dtype=torch.float32, device=device)
                 for s, e in F.chunks(g_flat.numel(), F.CHUNK):

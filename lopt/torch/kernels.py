@@ -122,10 +122,17 @@ def make_v2_kernels(mom_decays: tuple, rms_decays: tuple):
             m.copy_(nm)
         for v, nv in zip(rmss, new_v):
             v.copy_(nv)
-        return torch.stack([
-            torch.sum(g * g), _dot([m.sum() for m in new_m]), _dot([(m * m).sum() for m in new_m]),
-            _dot([(v * v).sum() for v in new_v]), p.sum(), torch.sum(p * p), *[v.sum() for v in new_v],
-        ])  # fmt: skip
+        return torch.stack(
+            [
+                torch.sum(g * g),
+                _dot([m.sum() for m in new_m]),
+                _dot([(m * m).sum() for m in new_m]),
+                _dot([(v * v).sum() for v in new_v]),
+                p.sum(),
+                torch.sum(p * p),
+                *[v.sum() for v in new_v],
+            ]
+        )
 
     def odd(g, moms, rmss, clip, eps):
         rs = [torch.rsqrt(v + eps[j]) for j, v in enumerate(rmss)]

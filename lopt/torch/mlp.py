@@ -51,8 +51,15 @@ def accumulate(spec: F.FeatureSpec, g, p, moms, rmss, buf, clip=None, stats: boo
     return sumsq / max(n, 1), sums
 
 
-def mlp_chunk(x: torch.Tensor, first_w_t: torch.Tensor, first_b: torch.Tensor, mlp: dict,
-              step_mult: float, exp_mult: float, log_step: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+def mlp_chunk(
+    x: torch.Tensor,
+    first_w_t: torch.Tensor,
+    first_b: torch.Tensor,
+    mlp: dict,
+    step_mult: float,
+    exp_mult: float,
+    log_step: torch.Tensor | None,
+) -> torch.Tensor:
     """(B,) update of one chunk: ``x`` (F, B) features, ``first_w_t`` (H0 + 1, F) = (ŝ W0 | ŝ skip)ᵀ."""
     h0 = first_b.shape[0]
     pre = first_w_t @ x  # (H0 + 1, B)
@@ -69,8 +76,22 @@ def mlp_chunk(x: torch.Tensor, first_w_t: torch.Tensor, first_b: torch.Tensor, m
     return direction.mul_(log_mag.exp_()).mul_(-step_mult)  # −d·exp(s c_exp + λ)·c_step
 
 
-def apply_mlp(mlp: dict, skip, scale, tensor_inputs, step_mult: float, exp_mult: float, g, p, moms, rmss, buf,
-              clip=None, extra_bias=None, log_step=None) -> None:  # fmt: skip
+def apply_mlp(
+    mlp: dict,
+    skip,
+    scale,
+    tensor_inputs,
+    step_mult: float,
+    exp_mult: float,
+    g,
+    p,
+    moms,
+    rmss,
+    buf,
+    clip=None,
+    extra_bias=None,
+    log_step=None,
+) -> None:
     """Pass 2 over one flat tensor ``p`` (updated in place): the torch twin of `learned.mlp.tensor_update`.
 
     ``scale`` (F,) ŝ from pass 1, ``tensor_inputs`` (T,) the per-tensor inputs feeding rows F: of
@@ -113,8 +134,13 @@ def hidden_layers(mlp: dict) -> list:
 
 def kernels_of(cfg):
     """The compiled (accumulate, apply) of an `mlp`/`hierarchical` config."""
-    return K.mlp_kernels(tuple(cfg.spec.mom_decays), tuple(cfg.spec.rms_decays), len(cfg.hidden) - 1,
-                         float(cfg.step_mult), float(cfg.exp_mult))  # fmt: skip
+    return K.mlp_kernels(
+        tuple(cfg.spec.mom_decays),
+        tuple(cfg.spec.rms_decays),
+        len(cfg.hidden) - 1,
+        float(cfg.step_mult),
+        float(cfg.exp_mult),
+    )
 
 
 def compiled_accumulate(cfg, g, p, moms, rmss, clip=None, stats: bool = False):
@@ -125,13 +151,26 @@ def compiled_accumulate(cfg, g, p, moms, rmss, clip=None, stats: bool = False):
     return out[:f] / n, (out[f:] if stats else None)
 
 
-def compiled_apply(cfg, mlp: dict, skip, scale, tensor_inputs, g, p, moms, rmss, clip=None, extra_bias=None,
-                   log_step=None) -> None:  # fmt: skip
+def compiled_apply(
+    cfg, mlp: dict, skip, scale, tensor_inputs, g, p, moms, rmss, clip=None, extra_bias=None, log_step=None
+) -> None:
     """`apply_mlp` as one compiled kernel."""
     _, app = kernels_of(cfg)
     first_w_t, first_b = first_layer(mlp, skip, scale, tensor_inputs, extra_bias)
-    app([g, p, *moms, *rmss], g, p, moms, rmss, clip, first_w_t, first_b, hidden_layers(mlp), mlp["out"]["w"],
-        mlp["out"]["b"], log_step)  # fmt: skip
+    app(
+        [g, p, *moms, *rmss],
+        g,
+        p,
+        moms,
+        rmss,
+        clip,
+        first_w_t,
+        first_b,
+        hidden_layers(mlp),
+        mlp["out"]["w"],
+        mlp["out"]["b"],
+        log_step,
+    )
 
 
 def use_compiled(rule, n: int) -> bool:
@@ -142,8 +181,10 @@ def use_compiled(rule, n: int) -> bool:
 def flat_views(p: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(p, g) as flat tensors; p's is a view, written in place (params are contiguous in practice)."""
     if not p.is_contiguous():
-        raise ValueError(f"lopt learned optimizers need contiguous params; got one of shape {tuple(p.shape)} "
-                         "with strides {p.stride()}: call .contiguous() when creating it.")  # fmt: skip
+        raise ValueError(
+            f"lopt learned optimizers need contiguous params; got one of shape {tuple(p.shape)} "
+            "with strides {p.stride()}: call .contiguous() when creating it."
+        )
     return p.detach().view(-1), g.reshape(-1)
 
 
@@ -188,11 +229,33 @@ class MLPRule(Rule):
             p_flat, g_flat = flat_views(p, g)
             if use_compiled(self, p_flat.numel()):
                 second, _ = compiled_accumulate(cfg, g_flat, p_flat, moms, rmss)
-                compiled_apply(cfg, theta["mlp"], theta["skip"], F.scales(second), emb, g_flat, p_flat, moms, rmss,
-                               log_step=log_step)  # fmt: skip
+                compiled_apply(
+                    cfg,
+                    theta["mlp"],
+                    theta["skip"],
+                    F.scales(second),
+                    emb,
+                    g_flat,
+                    p_flat,
+                    moms,
+                    rmss,
+                    log_step=log_step,
+                )
                 continue
             buf = feature_buffer(spec, params) if buf is None else buf
             second, _ = accumulate(spec, g_flat, p_flat, moms, rmss, buf)
-            apply_mlp(theta["mlp"], theta["skip"], F.scales(second), emb, cfg.step_mult, cfg.exp_mult,
-                      g_flat, p_flat, moms, rmss, buf, log_step=log_step)  # fmt: skip
+            apply_mlp(
+                theta["mlp"],
+                theta["skip"],
+                F.scales(second),
+                emb,
+                cfg.step_mult,
+                cfg.exp_mult,
+                g_flat,
+                p_flat,
+                moms,
+                rmss,
+                buf,
+                log_step=log_step,
+            )
         group_state["count"] += 1

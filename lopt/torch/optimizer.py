@@ -94,13 +94,24 @@ class LearnedOptimizer(torch.optim.Optimizer):
       ValueError: a learning rate or another hyperparameter is passed; sparse gradients at ``step``.
     """
 
-    def __init__(self, params, name: str | None = None, *, theta: Any = None, architecture: Any = None,
-                 num_steps: int | None = None, frozen: bool = False, compile: bool = True,
-                 **kwargs: Any):  # fmt: skip
+    def __init__(
+        self,
+        params,
+        name: str | None = None,
+        *,
+        theta: Any = None,
+        architecture: Any = None,
+        num_steps: int | None = None,
+        frozen: bool = False,
+        compile: bool = True,
+        **kwargs: Any,
+    ):
         _refuse_hparams(kwargs, "LearnedOptimizer(...)")
         if kwargs:
-            raise TypeError(f"LearnedOptimizer got unexpected arguments {sorted(kwargs)}; it takes name=, theta=, "
-                            "architecture=, num_steps= and frozen= (and no learning rate).")  # fmt: skip
+            raise TypeError(
+                f"LearnedOptimizer got unexpected arguments {sorted(kwargs)}; it takes name=, theta=, "
+                "architecture=, num_steps= and frozen= (and no learning rate)."
+            )
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be True or False, got {compile!r}.")
         self._rules: dict[tuple, Rule] = {}

@@ -72,8 +72,16 @@ class Rule(abc.ABC):
         """The initial state shared by the group (step count, and per-group statistics)."""
 
     @abc.abstractmethod
-    def step(self, params: list, grads: list, states: list, group_state: dict, loss=None, valid_loss=None,
-             num_steps: int | None = None) -> None:  # fmt: skip
+    def step(
+        self,
+        params: list,
+        grads: list,
+        states: list,
+        group_state: dict,
+        loss=None,
+        valid_loss=None,
+        num_steps: int | None = None,
+    ) -> None:
         """One step over the group's params that have gradients, in place (``num_steps``: the run's
         length T, read by the horizon-aware architectures only)."""
 
