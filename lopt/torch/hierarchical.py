@@ -131,6 +131,7 @@ class HierarchicalRule(Rule):
                 second, sums = compiled_accumulate(cfg, g_flat, p_flat, moms, rmss, clip=clip, stats=True)
             else:
                 second, sums = accumulate(spec, g_flat, p_flat, moms, rmss, buf, clip=clip, stats=True)
+            assert sums is not None  # stats=True: the sums are returned
             # second (F,): mean g², θ², m_i², 1/w_j, m_i²/w_j; sums: Σ m (all i), Σ w (all j), Σ w², Σ θ
             mean_g2 = second[0]
             mean_m = sums[0] / (n * k)

@@ -161,7 +161,7 @@ class HierarchicalV2Rule(Rule):
             kernels = K.v2_kernels(tuple(cfg.mom_decays), tuple(cfg.rms_decays)) if compiled else None
             entries = [g_flat, p_flat, *moms, *rmss]
             # pass 1: accumulators; Σ v_j, and the sums behind the LSTM's statistics
-            if compiled:
+            if kernels is not None:
                 sums = kernels[0](entries, g_flat, p_flat, moms, rmss, clip)
             else:
                 sums = self._accumulate(g_flat, p_flat, moms, rmss, clip)
@@ -170,7 +170,7 @@ class HierarchicalV2Rule(Rule):
             mean_v = [sv / n for sv in sums[6:].unbind()]
             eps = [EPS_REL * mv + EPS_ABS for mv in mean_v]
             # pass 2: the odd features' second moments
-            if compiled:
+            if kernels is not None:
                 second = kernels[1](entries, g_flat, moms, rmss, clip, torch.stack(eps)) / n
             else:
                 second = self._odd_second_moments(g_flat, moms, rmss, clip, eps, n)

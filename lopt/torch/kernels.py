@@ -31,6 +31,7 @@ import functools
 import types
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ ARCHITECTURES = ("mlp", "hierarchical", "hierarchical_v2")  # those with compile
 SMALL = 4096  # the upper end of the small size class (inductor's cascade sums start at 4097)
 MIN_ENTRIES = 2  # smaller tensors run eagerly (dynamo specializes sizes 0 and 1)
 # a·b + c as one FMA: the compiled mlp-small-v1 step 19% faster (BENCHMARKS.md)
-OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
+OPTIONS: dict[str, Any] = {"cpp.enable_floating_point_contract_flag": "fast"}
 
 
 def _dot(terms: list) -> torch.Tensor:
