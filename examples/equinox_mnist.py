@@ -1,7 +1,7 @@
 """An Equinox MLP on Fashion-MNIST, trained by the shipped learned optimizer or by Adam.
 
 The training loop is a plain Equinox/optax loop; swapping Adam for the pretrained learned optimizer
-changes one line, the one that builds ``optimizer``. ``--optimizer adam`` runs the same loop with Adam:
+changes one line, the one that builds ``tx``. ``--optimizer adam`` runs the same loop with Adam:
 
     python examples/equinox_mnist.py                      # lopt.pretrained("hierarchical-small-v1")
     python examples/equinox_mnist.py --optimizer adam     # optax.adam(1e-3)
@@ -51,17 +51,15 @@ def main(steps: int = 1000, optimizer_name: str = "pretrained", batch_size: int 
 
     key_init, key_data = jax.random.split(jax.random.key(seed))
     model = eqx.nn.MLP(28 * 28, 10, width_size=128, depth=2, activation=jax.nn.relu, key=key_init)
-    optimizer = (
-        lopt.pretrained("hierarchical-small-v1") if optimizer_name == "pretrained" else optax.adam(1e-3)
-    )
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    tx = lopt.pretrained("hierarchical-small-v1") if optimizer_name == "pretrained" else optax.adam(1e-3)
+    opt_state = tx.init(eqx.filter(model, eqx.is_array))
 
     @eqx.filter_jit
     def train_step(model, opt_state, images, labels):
         """One optimizer step on a batch: the new model and optimizer state, and the batch loss."""
         loss, grads = eqx.filter_value_and_grad(loss_fn)(model, images, labels)
         params = eqx.filter(model, eqx.is_array)
-        updates, opt_state = optimizer.update(grads, opt_state, params, loss=loss)  # Adam ignores loss=
+        updates, opt_state = tx.update(grads, opt_state, params, loss=loss)  # Adam ignores loss=
         return eqx.apply_updates(model, updates), opt_state, loss
 
     losses, window = [], max(steps // 10, 1)  # report the mean training loss of every `window` steps
