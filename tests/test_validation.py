@@ -202,6 +202,26 @@ def test_resume_from_a_portable_checkpoint_restarts_particles(tiny_suite, tmp_pa
     assert not all(np.array_equal(a, np.asarray(b)) for a, b in zip(moved, jax.tree.leaves(final.theta)))
 
 
+def test_a_resumed_run_keeps_the_loss_references_it_recorded(tiny_suite, tmp_path):
+    """L_ref travels with the run (references.json), so a run resumed on another machine optimizes
+    the objective it started with instead of recomputing the references there."""
+    cfg = _cfg(tmp_path, num_steps=4, validate_every=0)
+    meta_train(cfg, progress=False)
+    path = tmp_path / "run" / "references.json"
+    record = json.loads(path.read_text())
+    assert record["references"] == [0.0] and record["loss_reference"] == "zero" and record["steps"] == 50
+    record["references"] = [0.25]  # as if another machine's tuned Adam had found another L_ref
+    path.write_text(json.dumps(record))
+    meta_train(dataclasses.replace(cfg, resume=True), progress=False)
+    groups = json.loads((tmp_path / "run" / "config.json").read_text())["groups"]
+    assert groups[0].endswith("L_ref=0.25") and json.loads(path.read_text())["references"] == [0.25]
+    record["steps"] = 3000  # a foreign run's references: named, and nothing is overwritten
+    path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="references.json holds references of kind 'zero' at 3000 steps"):
+        meta_train(dataclasses.replace(cfg, resume=True), progress=False)
+    assert json.loads(path.read_text())["steps"] == 3000
+
+
 def test_resume_passes_over_a_corrupt_checkpoint(tiny_suite, tmp_path, capsys):
     cfg = _cfg(tmp_path, num_steps=8, validate_every=0)
     meta_train(cfg, progress=False)
@@ -282,6 +302,7 @@ def test_export_run_copies_the_portable_part_only(tiny_suite, tmp_path):
         "config.json",
         "metrics.jsonl",
         "portable/ckpt_00000008.safetensors",
+        "references.json",
         "theta.safetensors",
     ]
     rows = [json.loads(line) for line in (tmp_path / "exported" / "metrics.jsonl").read_text().splitlines()]

@@ -3,7 +3,8 @@
     python -m lopt.meta_train.export runs/meta docs/meta-runs/meta     # then, elsewhere:
     cp -r docs/meta-runs/meta runs/meta && lopt meta-train --config runs/meta/config.json --out runs/meta --resume
 
-Copies ``config.json``, ``best.safetensors`` and ``best.json``, ``theta.safetensors``, the newest
+Copies ``config.json``, ``references.json`` (the groups' L_ref), ``best.safetensors`` and
+``best.json``, ``theta.safetensors``, the newest
 portable checkpoint (``portable/``: theta, outer-optimizer state, step, key) and ``metrics.jsonl``
 thinned to every ``every``-th step plus every validation row -- never the full checkpoints (all
 particles' inner state, 10-100 MB). The resumed run restarts its particles (not bitwise).
@@ -19,7 +20,7 @@ from pathlib import Path
 from lopt.checkpoint import latest
 from lopt.validate import ConfigError
 
-FILES = ("config.json", "best.safetensors", "best.json", "theta.safetensors")
+FILES = ("config.json", "references.json", "best.safetensors", "best.json", "theta.safetensors")
 
 
 def export_run(run: str, dest: str, every: int = 10) -> list[Path]:

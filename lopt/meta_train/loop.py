@@ -71,7 +71,7 @@ def meta_train(
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_first, cpu_first = time.perf_counter(), time.process_time()
-    trainer = MetaTrainer.from_config(cfg)
+    trainer = MetaTrainer.from_config(cfg, references=_read_references(out, cfg) if cfg.resume else None)
     state, step_fn = trainer.compile(jax.random.key(cfg.seed))
     data = trainer.data()
     manager = CheckpointManager(
@@ -87,6 +87,7 @@ def meta_train(
         raise ConfigError(
             f"{out} already holds checkpoints: pass --resume to continue that run, or choose another --out."
         )
+    _write_json(out / REFERENCES, _references(cfg, trainer))  # after the checks: never another run's
     resolved = dataclasses.asdict(cfg)
     (out / "config.json").write_text(
         json.dumps({"config": resolved, "groups": trainer.describe()}, indent=2) + "\n"
@@ -254,6 +255,41 @@ def _resume(cfg: MetaTrainConfig, out: Path, manager: CheckpointManager, state: 
     return state._replace(
         theta=p.theta, opt_state=p.opt_state, step=p.step, key=p.key, num_skipped=p.num_skipped
     ), step
+
+
+REFERENCES = (
+    "references.json"  # the groups' L_ref, recorded so a resumed run (any machine) keeps its objective
+)
+
+
+def _references(cfg: MetaTrainConfig, trainer: MetaTrainer) -> dict:
+    return {
+        "loss_reference": cfg.loss_reference,
+        "steps": cfg.horizon[1],
+        "groups": trainer.describe(),
+        "references": [float(est.loss_reference) for est in trainer.estimators],
+    }
+
+
+def _read_references(out: Path, cfg: MetaTrainConfig) -> list[float] | None:
+    """The L_ref a run recorded in ``<out>/references.json`` (None if it recorded none: computed anew)."""
+    path = out / REFERENCES
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        refs = [float(r) for r in record["references"]]
+        recorded = (record["loss_reference"], int(record["steps"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"--resume: {path} is not a references file ({err!r}); move it away to recompute."
+        ) from err
+    if recorded != (cfg.loss_reference, cfg.horizon[1]):
+        raise ConfigError(
+            f"--resume: {path} holds references of kind {recorded[0]!r} at {recorded[1]} steps, the config "
+            f"asks for {cfg.loss_reference!r} at {cfg.horizon[1]}: a foreign run's file; move it away to recompute."
+        )
+    return refs
 
 
 def _newest_config(directory: Path) -> dict | None:

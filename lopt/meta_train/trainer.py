@@ -122,10 +122,11 @@ class MetaTrainer:
         object.__setattr__(self, "_init_jit", jax.jit(self._init))  # one small program, not op by op
 
     @classmethod
-    def from_config(cls, cfg: MetaTrainConfig) -> MetaTrainer:
+    def from_config(cls, cfg: MetaTrainConfig, references: Sequence[float] | None = None) -> MetaTrainer:
         """Task groups sampled from ``cfg.seed``, one estimator per distinct group (with the group's
         L_ref, `lopt.objective.group_reference`: cached tuned-Adam runs, a few minutes the first time
-        on a machine), the outer optimizer."""
+        on a machine; or ``references``, one per distinct group, e.g. those a run recorded, so that a
+        run resumed on another machine optimizes the same objective), the outer optimizer."""
         learned = cfg.build_learned()
         k_groups = jax.random.fold_in(jax.random.key(cfg.seed), 0)
         groups = sample_groups(k_groups, cfg)
@@ -141,9 +142,14 @@ class MetaTrainer:
             "drop_diverged": cfg.drop_diverged,
             "sigma_scale": cfg.sigma_scale,
         }
-        references = [
-            group_reference(f, s, kind=cfg.loss_reference, steps=cfg.horizon[1]) for f, s, _ in groups
-        ]
+        if references is None:
+            references = [
+                group_reference(f, s, kind=cfg.loss_reference, steps=cfg.horizon[1]) for f, s, _ in groups
+            ]
+        elif len(references) != len(groups):
+            raise ConfigError(
+                f"{len(references)} loss references for {len(groups)} task groups: one per distinct group."
+            )
         if any(cfg.reparam):  # the same groups, their tasks' weights rescaled; L_ref stays the base task's
             groups = [(Reparametrized(f, *cfg.reparam), s, n) for f, s, n in groups]
         estimators = tuple(
