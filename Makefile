@@ -33,7 +33,7 @@ demo: data
 	$(LOPT) demo
 
 test: data
-	LOPT_REQUIRE_DATA=1 $(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
+	LOPT_REQUIRE_DATA=1 $(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=25
 
 test-all: data
 	LOPT_REQUIRE_DATA=1 $(PY) -m pytest -q -n 2 --dist loadfile
