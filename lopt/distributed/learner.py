@@ -27,17 +27,15 @@ from pathlib import Path
 import jax
 from rich.console import Console
 
-from lopt import checkpoint
-from lopt.checkpoint import CheckpointManager, list_checkpoints
 from lopt.config import MetaTrainConfig
 from lopt.distributed.cluster import check_capacity, connect, require_ray
 from lopt.distributed.core import LearnerProgram
 from lopt.distributed.pool import WorkerPool, assign_groups
 from lopt.distributed.validation import ValidationActor
 from lopt.distributed.wire import from_host, to_host
-from lopt.meta_train.loop import _read_best, _resume, _write_json, portable
-from lopt.meta_train.metrics_log import MetricsLog, _progress
+from lopt.meta_train.metrics_log import StepBar, StepLog
 from lopt.meta_train.outer import OuterState
+from lopt.meta_train.run_dir import BestTheta, open_run, save_checkpoints, validation_line, write_config
 from lopt.meta_train.trainer import MetaTrainer
 from lopt.optimizers.learned import save_theta
 from lopt.validate import ConfigError
@@ -76,22 +74,8 @@ def meta_train_distributed(
     state = trainer.init(
         jax.random.key(cfg.seed)
     )  # the single-process init: its estimator states go to the workers
-    manager = CheckpointManager(
-        out / "checkpoints",
-        every_steps=cfg.ckpt_every or None,
-        every_minutes=cfg.ckpt_minutes or None,
-        keep=cfg.keep,
-    )
-    start = 0
-    if cfg.resume:
-        state, start = _resume(cfg, out, manager, state, console)
-    elif list_checkpoints(manager.directory) or list_checkpoints(out / "portable"):
-        raise ConfigError(
-            f"{out} already holds checkpoints: pass --resume to continue that run, or choose another --out."
-        )
-    (out / "config.json").write_text(
-        json.dumps({"config": dataclasses.asdict(cfg), "groups": trainer.describe()}, indent=2) + "\n"
-    )
+    state, start, manager = open_run(cfg, out, state, console)
+    write_config(out, cfg, trainer)
     started = connect(cfg.ray, num_cpus=cfg.workers + 1)
     pool = validator = None
     try:
@@ -126,61 +110,41 @@ def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, pr
     learner = LearnerProgram(trainer)
     lstate = state._replace(estimator_states=())
     inner_per_step = trainer.inner_steps_per_outer_step()
-    log = MetricsLog(out, start)
+    steps = StepLog(
+        out,
+        start,
+        inner_per_step,
+        t_first=t_first,
+        cpu_first=time.process_time(),
+        first_label="build, start workers, compile, run",
+    )
     audit = _Audit(out / "estimates.jsonl", start)
-    cpu_first = time.process_time()
-    cpu_before = log.last("cpu_seconds") or 0.0
-    best = _read_best(out) if start else None
+    best = BestTheta(out, trainer.learned, start)
     waiting: dict = {}  # ObjectRef -> theta (host) of a validation in flight
     score = math.nan
-
-    def cpu_seconds() -> float:
-        return cpu_before + time.process_time() - cpu_first
 
     def submit_validation(step: int) -> None:
         theta = to_host(lstate.theta)
         waiting[validator.validate.remote(step, theta)] = theta
 
     def finish_validations(block: bool) -> None:
-        nonlocal best, score
+        nonlocal score
         while waiting:
             done, _ = ray.wait(list(waiting), num_returns=1, timeout=None if block else 0)
             if not done:
                 return
             theta = waiting.pop(done[0])
             step, metrics = ray.get(done[0])
-            metrics["cpu_seconds"] = cpu_seconds()
-            log.write(step, metrics)
+            steps.write_validation(step, metrics)
             score = metrics["valid/score"]
-            improved = best is None or score < best["score"]
-            if improved:
-                save_theta(out / "best.safetensors", trainer.learned, from_host(theta))
-                best = {
-                    "step": step,
-                    "score": score,
-                    "cpu_seconds": metrics["cpu_seconds"],
-                    **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
-                }
-                _write_json(out / "best.json", best)
-            console.print(
-                f"step {step}: validation score {score:.4f} (0 = per-task-tuned Adam){' [best]' if improved else ''}"
-            )
+            improved = best.update(step, metrics, from_host(theta))
+            console.print(validation_line(step, metrics, improved))
 
     pool.publish(lstate)
-    t_mark, step_mark, pending = None, start, []
     try:
         if validator is not None and start == 0:
             submit_validation(0)
-        with _progress(console, progress) as bar:
-            task = bar.add_task(
-                "meta-train",
-                total=cfg.num_steps,
-                completed=start,
-                outer=0.0,
-                inner=0.0,
-                loss=math.nan,
-                valid=score,
-            )
+        with StepBar(console, progress, cfg.num_steps, start, inner_per_step, score) as bar:
             for step in range(start + 1, cfg.num_steps + 1):
                 chosen = pool.collect()
                 grads = tuple(msg.grads[i] for msg, i in chosen)
@@ -194,7 +158,7 @@ def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, pr
                     "dist/worker_seconds": max(msg.seconds for msg, _ in chosen),
                     **{f"dist/{k}": v for k, v in dataclasses.asdict(c).items()},
                 }
-                pending.append((step, metrics))
+                steps.add(step, metrics)
                 last = step == cfg.num_steps
                 save_now = manager.should_save(step) or last
                 if validator is not None and (step % cfg.validate_every == 0 or last):
@@ -204,52 +168,22 @@ def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, pr
                 ):  # the workers' states after this step (synchronous: exactly the single-process state)
                     audit.flush()  # every update a checkpoint holds is in estimates.jsonl first
                     full = lstate._replace(estimator_states=from_host(pool.get_states()))
-                    manager.save(step, full, cfg.trajectory())
-                    checkpoint.save(out / "portable", step, portable(full), cfg.trajectory(), keep=1)
+                    save_checkpoints(manager, out, step, full, cfg)
                 if not last:
                     pool.publish(lstate)
                 if on_step is not None:
                     on_step(step, pool)
-                first = t_mark is None
-                if step % cfg.log_every and not (first or last or save_now):
+                if not steps.due(step, cfg.log_every, last or save_now):
                     continue
-                rows = jax.device_get(pending)
-                pending = []
-                now = time.perf_counter()
-                if first:
-                    console.print(
-                        f"first outer step (build, start workers, compile, run): {now - t_first:.1f} s"
-                    )
-                    t_mark, step_mark = now, step
-                assert t_mark is not None
-                rate = (step - step_mark) / (now - t_mark) if step > step_mark else 0.0
-                cpu = cpu_seconds()
-                for s, m in rows:
-                    log.write(
-                        s,
-                        {
-                            **m,
-                            "outer_steps_per_s": rate,
-                            "inner_steps_per_s": rate * inner_per_step,
-                            "cpu_seconds": cpu,
-                        },
-                    )
-                t_mark, step_mark = now, step
+                rate, loss = steps.write_pending(step, console)
                 finish_validations(block=False)
-                log.flush()
+                steps.flush()
                 audit.flush()
-                bar.update(
-                    task,
-                    completed=step,
-                    outer=rate,
-                    inner=rate * inner_per_step,
-                    loss=float(rows[-1][1]["meta_loss"]),
-                    valid=score,
-                )
+                bar.show(step, rate, loss, score)
         finish_validations(block=True)
-        log.flush()
+        steps.flush()
     finally:
-        log.close()
+        steps.close()
         audit.close()
     save_theta(out / "theta.safetensors", trainer.learned, lstate.theta)
     c = pool.counters
