@@ -69,9 +69,9 @@ class WorkerProgram:
         object.__setattr__(self, "_hparams", tuple(self.trainer.hparams[g] for g in self.groups))
 
     def estimate(self, keys: np.ndarray, theta: PyTree, states: tuple) -> tuple[tuple, tuple, tuple]:
-        """(per-group estimates, new states, per-group metrics) for key data ``keys`` (len(groups), 2)."""
-        typed = jax.random.wrap_key_data(jnp.asarray(keys))
-        return self._run(typed, theta, states, self._data, self._hparams)  # pyright: ignore[reportAttributeAccessIssue]
+        """(per-group estimates, new states, per-group metrics) for key data ``keys`` (len(groups), 2):
+        one jitted program over the worker's groups, as the single-process step runs them."""
+        return self._run(keys, theta, states, self._data, self._hparams)  # pyright: ignore[reportAttributeAccessIssue]
 
     def fresh_states(self, key: jax.Array, theta: PyTree) -> tuple:
         """Fresh estimator states of the groups (particles that start new episodes at their next estimate)."""
@@ -82,7 +82,8 @@ class WorkerProgram:
         )
 
 
-def _estimate(keys, theta, states, data, hparams, *, estimators):
+def _estimate(key_data, theta, states, data, hparams, *, estimators):
+    keys = jax.random.wrap_key_data(key_data)  # inside the program: no dispatch of its own
     out = [
         est.estimate(k, theta, s, h, data=d)
         for est, k, s, d, h in zip(estimators, keys, states, data, hparams)

@@ -1,8 +1,10 @@
 """`WorkerPool`: the learner's side of the workers -- spawning, publishing theta, collecting estimates
 within the staleness bound, replacing dead workers, rejecting bad estimates.
 
-Protocol. The learner publishes each new theta (version v, its run key) once in Ray's object
-store. An idle worker is sent the newest version with its groups' keys (`core.group_keys`); it
+Protocol. The learner publishes each new theta (version v, its run key): a theta of at most
+`INLINE_BYTES` travels inside each call (Ray inlines small arguments: no object-store round trip,
+measured ~10 ms a step with ``ray.put``), a larger one is put once in Ray's object store and
+sent by reference. An idle worker is sent the newest version with its groups' keys (`core.group_keys`); it
 answers with an `Estimate`. `collect` returns, for the next update, one estimate per group whose
 version is at least v − staleness, waiting for the groups that have none: with staleness 0 every
 update uses every group's estimate of the current theta (synchronous: bitwise the single-process
@@ -29,13 +31,14 @@ from rich.console import Console
 
 from lopt.distributed.cluster import require_ray
 from lopt.distributed.core import check_estimate, group_keys
-from lopt.distributed.wire import Estimate, to_host
+from lopt.distributed.wire import Estimate, nbytes, to_host
 from lopt.distributed.worker import Worker
 from lopt.meta_train.outer import OuterState
 from lopt.meta_train.trainer import MetaTrainer
 from lopt.validate import ConfigError
 
 MAX_BAD = 3  # bad messages in a row after which a worker is replaced
+INLINE_BYTES = 100_000  # theta up to this size is sent inside each call (Ray's own inlining bound)
 
 
 def assign_groups(costs: list[float], num_workers: int) -> list[tuple[int, ...]]:
@@ -106,7 +109,7 @@ class WorkerPool:
         self.counters = Counters()
         self.buffer: dict[int, tuple[Estimate, int]] = {}  # group -> (message, index in it), unapplied
         self.applied: set[tuple[int, int, int]] = set()  # (group, version, repeat)
-        self.version, self.theta_ref, self.key, self.theta = -1, None, None, None
+        self.version, self.theta_arg, self.key, self.theta = -1, None, None, None
 
     # --- workers ------------------------------------------------------------------------------------
 
@@ -143,7 +146,7 @@ class WorkerPool:
 
         slot = self.slots[w]
         key = jax.random.fold_in(jax.random.fold_in(self.key, 1_000_003 + w), slot.incarnation)
-        self.ray.get(slot.actor.fresh.remote(np.asarray(jax.random.key_data(key)), self.theta_ref))
+        self.ray.get(slot.actor.fresh.remote(np.asarray(jax.random.key_data(key)), self.theta_arg))
 
     def set_states(self, states: tuple) -> None:
         """Give every worker its groups' states (a fresh run's, or a checkpoint's)."""
@@ -176,7 +179,8 @@ class WorkerPool:
         self.version = int(state.step)
         self.key = state.key
         self.theta = to_host(state.theta)
-        self.theta_ref = self.ray.put(self.theta)
+        small = nbytes(self.theta) <= INLINE_BYTES
+        self.theta_arg = self.theta if small else self.ray.put(self.theta)
         self._keys = {0: group_keys(self.key, self.num_groups, 0)}
         for w, slot in enumerate(self.slots):
             if slot.inflight is None:
@@ -193,7 +197,7 @@ class WorkerPool:
         if slot.repeats not in self._keys:
             self._keys[slot.repeats] = group_keys(self.key, self.num_groups, slot.repeats)
         keys = self._keys[slot.repeats][list(slot.groups)]
-        slot.inflight = slot.actor.estimate.remote(self.version, slot.repeats, keys, self.theta_ref)
+        slot.inflight = slot.actor.estimate.remote(self.version, slot.repeats, keys, self.theta_arg)
 
     def collect(self) -> list[tuple[Estimate, int]]:
         """One (message, index) per group, in group order, each within the staleness bound of the

@@ -51,6 +51,12 @@ def from_host(tree: PyTree) -> PyTree:
     return jax.tree.map(leaf, tree, is_leaf=lambda x: isinstance(x, _Key | _Weak))
 
 
+def nbytes(tree: PyTree) -> int:
+    """Bytes of the array data of a `to_host` tree."""
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, _Key | _Weak))
+    return sum(np.asarray(x.data if isinstance(x, _Key | _Weak) else x).nbytes for x in leaves)
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
     """One worker's estimates for its groups on one version of theta.

@@ -52,6 +52,7 @@ class Worker:
         self.worker, self.incarnation, self.seq = worker, incarnation, 0
         self.faults = {k: set(v) for k, v in (faults or {}).items() if k in FAULTS}
         self.states: Any = None
+        self.theta: tuple[int, Any] = (-1, None)  # (version, theta on the device): sent once per version
 
     def pid(self) -> int:
         return os.getpid()
@@ -76,9 +77,10 @@ class Worker:
         import jax
 
         t0 = time.perf_counter()
-        grads, self.states, metrics = self.program.estimate(keys, from_host(theta), self.states)
-        grads, metrics = jax.device_get((grads, metrics))
-        jax.block_until_ready(self.states)
+        if self.theta[0] != version:
+            self.theta = (version, from_host(theta))
+        grads, self.states, metrics = self.program.estimate(keys, self.theta[1], self.states)
+        grads, metrics = jax.device_get((grads, metrics))  # the states are ready with them: one program
         grads = self._inject(grads)
         seq, self.seq = self.seq, self.seq + 1
         return Estimate(
