@@ -150,6 +150,12 @@ def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, pr
                 grads = tuple(msg.grads[i] for msg, i in chosen)
                 group_metrics = tuple(msg.metrics[i] for msg, i in chosen)
                 lstate, metrics = learner.update(lstate, grads, group_metrics)
+                last = step == cfg.num_steps
+                save_now = manager.should_save(step) or last
+                # a checkpoint's worker states are asked for before the next estimate advances them
+                states = pool.get_states() if save_now else None
+                if not last:  # the workers estimate on the new theta while the learner logs and saves
+                    pool.publish(lstate)
                 audit.add(step, chosen)
                 c = pool.counters
                 metrics = {
@@ -159,18 +165,14 @@ def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, pr
                     **{f"dist/{k}": v for k, v in dataclasses.asdict(c).items()},
                 }
                 steps.add(step, metrics)
-                last = step == cfg.num_steps
-                save_now = manager.should_save(step) or last
                 if validator is not None and (step % cfg.validate_every == 0 or last):
                     submit_validation(step)
                 if (
                     save_now
                 ):  # the workers' states after this step (synchronous: exactly the single-process state)
                     audit.flush()  # every update a checkpoint holds is in estimates.jsonl first
-                    full = lstate._replace(estimator_states=from_host(pool.get_states()))
+                    full = lstate._replace(estimator_states=from_host(states))
                     save_checkpoints(manager, out, step, full, cfg)
-                if not last:
-                    pool.publish(lstate)
                 if on_step is not None:
                     on_step(step, pool)
                 if not steps.due(step, cfg.log_every, last or save_now):
