@@ -98,13 +98,13 @@ def _search_summary(setup: Setup, method: str, steps: int) -> dict:
 def run_tune(task_name: str, cfg: TuneConfig, console=None) -> dict:
     """The whole command: tune, evaluate, compare; writes ``<out>/results.json`` and ``tune.png``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = console or Console()
     setup = Setup.build(task_name, cfg)
     budget = cfg.default_budget()
     eval_steps = cfg.num_steps * cfg.num_seeds
-    tune_budget = budget if cfg.method in ("grid", "random") else max(1, budget - eval_steps)
+    searched = cfg.method in ("grid", "random")  # the search's own runs score its best trial
+    tune_budget = budget if searched else max(1, budget - eval_steps)
     console.print(
         f"[bold]lopt tune[/] {setup.task.name}: {cfg.method} on {cfg.optimizer} "
         f"{', '.join(setup.space.names)}; budget {budget:,} inner steps"
@@ -114,6 +114,36 @@ def run_tune(task_name: str, cfg: TuneConfig, console=None) -> dict:
         json.dump({"command": f"lopt tune {task_name}", "config": dataclasses.asdict(cfg)}, f, indent=1)
     console.print(f"config: {os.path.join(cfg.out, 'config.json')}")
     t0 = time.perf_counter()
+    result = _tune_with_bar(setup, cfg.method, tune_budget, console)
+    tune_seconds = time.perf_counter() - t0
+    if searched:  # no extra run
+        final, total = _best_of_search(result.trajectory), result.inner_steps
+    else:
+        final, total = _final(setup, result.theta), result.inner_steps + eval_steps
+    compute = {
+        "budget": budget,
+        "tuning_inner_steps": result.inner_steps,
+        "eval_inner_steps": 0 if searched else eval_steps,
+        "total_inner_steps": total,
+        "tuning_seconds": tune_seconds,
+        "eval_seconds": final["seconds"],
+    }
+    out = _results(task_name, cfg, setup, result, final, compute)
+    if cfg.compare:
+        for other in ("grid", "random"):
+            if other != cfg.method:
+                out[other] = _search_summary(setup, other, total)
+    with open(os.path.join(cfg.out, "results.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    tune_figure(os.path.join(cfg.out, "tune.png"), out)
+    _print_summary(console, out)
+    return out
+
+
+def _tune_with_bar(setup: Setup, method: str, budget: int, console):
+    """``TUNERS[method]`` within ``budget`` inner steps, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -122,23 +152,25 @@ def run_tune(task_name: str, cfg: TuneConfig, console=None) -> dict:
         console=console,
         transient=False,
     ) as bar:
-        job = bar.add_task(f"{cfg.method} (inner steps)", total=tune_budget)
-        result = TUNERS[cfg.method](setup, tune_budget, lambda n: bar.advance(job, n))
-    tune_seconds = time.perf_counter() - t0
-    if cfg.method in ("grid", "random"):  # the search's own runs score its best trial: no extra run
-        best = result.trajectory[_best(*_scores(result.trajectory))]
-        final = {
-            "hparams": best["hparams"],
-            "outer_valid": best["outer_valid"],
-            "test": best["test"],
-            "diverged": best["diverged"],
-            "seconds": 0.0,
-        }
-        total = result.inner_steps
-    else:
-        final = _final(setup, result.theta)
-        total = result.inner_steps + eval_steps
-    out = {
+        job = bar.add_task(f"{method} (inner steps)", total=budget)
+        return TUNERS[method](setup, budget, lambda n: bar.advance(job, n))
+
+
+def _best_of_search(trajectory: list[dict]) -> dict:
+    """The final result of a grid or random search: its best trial, scored by its own runs."""
+    best = trajectory[_best(*_scores(trajectory))]
+    return {
+        "hparams": best["hparams"],
+        "outer_valid": best["outer_valid"],
+        "test": best["test"],
+        "diverged": best["diverged"],
+        "seconds": 0.0,
+    }
+
+
+def _results(task_name: str, cfg: TuneConfig, setup: Setup, result, final: dict, compute: dict) -> dict:
+    """What ``results.json`` holds (before the comparison searches are added)."""
+    return {
         "command": f"lopt tune {task_name}",
         "task": setup.task.name,
         "config": dataclasses.asdict(cfg),
@@ -149,24 +181,8 @@ def run_tune(task_name: str, cfg: TuneConfig, console=None) -> dict:
         "method": cfg.method,
         "trajectory": result.trajectory,
         "final": final,
-        "compute": {
-            "budget": budget,
-            "tuning_inner_steps": result.inner_steps,
-            "eval_inner_steps": 0 if cfg.method in ("grid", "random") else eval_steps,
-            "total_inner_steps": total,
-            "tuning_seconds": tune_seconds,
-            "eval_seconds": final["seconds"],
-        },
+        "compute": compute,
     }
-    if cfg.compare:
-        for other in ("grid", "random"):
-            if other != cfg.method:
-                out[other] = _search_summary(setup, other, total)
-    with open(os.path.join(cfg.out, "results.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    tune_figure(os.path.join(cfg.out, "tune.png"), out)
-    _print_summary(console, out)
-    return out
 
 
 def _fmt(x) -> str:

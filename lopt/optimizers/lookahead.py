@@ -71,11 +71,7 @@ def lookahead(
 
     References: Zhang, Lucas, Hinton, Ba 2019, arXiv:1907.08610.
     """
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise ConfigError(f"lookahead k={k!r} must be a static Python int >= 1 (it sets the sync period).")
-    k = int(k)
-    if k < 1:
-        raise ConfigError(f"lookahead k={k} is out of range: it must be >= 1 (sync every k steps).")
+    k = _check_period(k)
     if not isinstance(alpha, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
         check_range("lookahead alpha", float(np.asarray(alpha)), 0.0, 1.0)
     inner = optax.with_extra_args_support(optimizer)
@@ -92,20 +88,33 @@ def lookahead(
             raise ValueError("lookahead needs params: call update(grads, state, params).")
         inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         count = optax.safe_int32_increment(state.count)
-        sync = jnp.asarray(count) % k == 0  # () bool
-        fast = optax.apply_updates(params, inner_updates)  # θ' = θ + u, in the params' dtypes
-
-        def new_slow(phi, theta_fast):
-            moved = (phi + alpha * (theta_fast - phi)).astype(phi.dtype)  # φ + α(θ' − φ)
-            return jnp.where(sync, moved, phi)
-
-        slow = jax.tree.map(new_slow, state.slow, fast)
-
-        def out(u, phi, theta):
-            reset = (phi - theta).astype(u.dtype)  # θ + (φ − θ) = φ, up to rounding (see docstring)
-            return jnp.where(sync, reset, u)
-
-        new_updates = jax.tree.map(out, inner_updates, slow, params)
+        new_updates, slow = _sync(inner_updates, state.slow, params, jnp.asarray(count) % k == 0, alpha)
         return new_updates, LookaheadState(inner_state=inner_state, slow=slow, count=count)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_period(k: Any) -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise ConfigError(f"lookahead k={k!r} must be a static Python int >= 1 (it sets the sync period).")
+    if k < 1:
+        raise ConfigError(f"lookahead k={k} is out of range: it must be >= 1 (sync every k steps).")
+    return int(k)
+
+
+def _sync(inner_updates: Any, slow: Any, params: Any, sync: jax.Array, alpha: float | jax.Array):
+    """(updates, slow weights) of a step: u and φ between syncs; on a sync (``sync``, a () bool)
+    φ ← φ + α(θ' − φ) with θ' = θ + u, and the update φ − θ."""
+    fast = optax.apply_updates(params, inner_updates)  # θ' = θ + u, in the params' dtypes
+
+    def new_slow(phi, theta_fast):
+        moved = (phi + alpha * (theta_fast - phi)).astype(phi.dtype)  # φ + α(θ' − φ)
+        return jnp.where(sync, moved, phi)
+
+    slow = jax.tree.map(new_slow, slow, fast)
+
+    def out(u, phi, theta):
+        reset = (phi - theta).astype(u.dtype)  # θ + (φ − θ) = φ, up to rounding (see docstring)
+        return jnp.where(sync, reset, u)
+
+    return jax.tree.map(out, inner_updates, slow, params), slow

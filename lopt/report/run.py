@@ -74,7 +74,23 @@ def run_eval(
         f"[bold]lopt eval[/] {cfg.name}: {len(methods)} optimizers ({len(searches)} searches) x "
         f"{len(tasks)} tasks of suite {cfg.suite!r} x {cfg.seeds} seeds, {cfg.steps} steps -> {out_dir}"
     )
-    run = {
+    run = _run_arguments(cfg, cache, require_cache)
+    per_study = [(study, study.searches()) for study in studies]
+    study_searches = {s.name: s for _, ss in per_study for s in ss.values()}
+    extra_units = cfg.study_tasks * sum(name not in searches for name in study_searches)
+    with _Runs(cfg.seeds, console, len(tasks) * len(searches) + extra_units) as runs:
+        runs.run([(task, name, s) for task, name in zip(tasks, names) for s in searches.values()], run)
+        done = _run_studies(runs, per_study, study_searches, tasks, names, cfg.study_tasks, run)
+    outcomes = compare({t: {k: r[k] for k in searches} for t, r in runs.results.items()}, methods)
+    wall = time.perf_counter() - t_start
+    summary = write_report(out_dir, cfg, methods, runs.results, outcomes, done, runs.timings, wall)
+    console.print(f"report: {out_dir}/report.html, {out_dir}/report.md ({wall:.0f} s)")
+    return summary
+
+
+def _run_arguments(cfg: EvalConfig, cache: str, require_cache: bool) -> dict:
+    """The keyword arguments of every `run_search` of the report."""
+    return {
         "num_steps": cfg.steps,
         "num_seeds": cfg.seeds,
         "eval_every": cfg.eval_every,
@@ -83,26 +99,23 @@ def run_eval(
         "cache": cache,
         "require_cache": require_cache,
     }
-    per_study = [(study, study.searches()) for study in studies]
-    study_searches = {s.name: s for _, ss in per_study for s in ss.values()}
-    extra_units = cfg.study_tasks * sum(name not in searches for name in study_searches)
-    with _Runs(cfg.seeds, console, len(tasks) * len(searches) + extra_units) as runs:
-        runs.run([(task, name, s) for task, name in zip(tasks, names) for s in searches.values()], run)
-        done = []
-        if per_study:
-            chosen = _study_tasks(tasks, names, runs.results, cfg.study_tasks)
-            todo = [
-                (t, n, s) for t, n in chosen for s in study_searches.values() if s.name not in runs.results[n]
-            ]
-            runs.run(todo, run)
-            for study, ss in per_study:
-                by_task = {n: {label: runs.results[n][s.name] for label, s in ss.items()} for _, n in chosen}
-                done.append((study, study.summarize(by_task, ss)))
-    outcomes = compare({t: {k: r[k] for k in searches} for t, r in runs.results.items()}, methods)
-    wall = time.perf_counter() - t_start
-    summary = write_report(out_dir, cfg, methods, runs.results, outcomes, done, runs.timings, wall)
-    console.print(f"report: {out_dir}/report.html, {out_dir}/report.md ({wall:.0f} s)")
-    return summary
+
+
+def _run_studies(
+    runs: _Runs, per_study: list, study_searches: dict, tasks, names, study_tasks: int, run: dict
+):
+    """The studies' searches on the ``study_tasks`` chosen tasks (those not run already), and each
+    study's summary of them: [(study, summary)]."""
+    if not per_study:
+        return []
+    chosen = _study_tasks(tasks, names, runs.results, study_tasks)
+    todo = [(t, n, s) for t, n in chosen for s in study_searches.values() if s.name not in runs.results[n]]
+    runs.run(todo, run)
+    done = []
+    for study, ss in per_study:
+        by_task = {n: {label: runs.results[n][s.name] for label, s in ss.items()} for _, n in chosen}
+        done.append((study, study.summarize(by_task, ss)))
+    return done
 
 
 class _Runs:

@@ -278,9 +278,31 @@ def summary_table(cfg: DemoConfig, rows: list[dict]) -> Table:
 
 
 def report_blocks(cfg: DemoConfig, results: dict) -> list[tuple]:
-    rows, meta = results["heldout"], results["meta_train"]
+    """The demo's report: the held-out comparison, then the meta-training part if it ran."""
+    blocks = _heldout_blocks(cfg, results["heldout"], results["seconds"])
+    if results["meta_train"]:
+        blocks += _meta_train_blocks(results["meta_train"])
+    return blocks
+
+
+def _heldout_blocks(cfg: DemoConfig, rows: list[dict], seconds: float) -> list[tuple]:
     wins = sum(_winner(r, cfg.pretrained) == cfg.pretrained for r in rows)
-    blocks = [
+    header = ["task", "params", "Adam lr (tuned)", "Adam test loss", "Adam test acc"]
+    header += [f"{cfg.pretrained} test loss", f"{cfg.pretrained} test acc", "better"]
+    table = [
+        [
+            r["task"],
+            f"{r['params']:,}",
+            f"{r['adam_best_lr']:g}",
+            _fmt(r["adam_test_loss"]),
+            _fmt(r["adam_test_accuracy"]),
+            _fmt(r["pretrained_test_loss"]),
+            _fmt(r["pretrained_test_accuracy"]),
+            _winner(r, cfg.pretrained),
+        ]
+        for r in rows
+    ]
+    return [
         ("h1", "lopt demo"),
         (
             "p",
@@ -288,59 +310,35 @@ def report_blocks(cfg: DemoConfig, results: dict) -> list[tuple]:
             f"the pretrained {cfg.pretrained} (no hyperparameters) against Adam with its learning rate chosen "
             f"from {list(cfg.learning_rates)} on the outer-valid split. Test split, median over seeds. "
             f"{cfg.pretrained} is better on {wins} of {len(rows)} tasks. Total wall time "
-            f"{results['seconds']:.0f} s. Command: `lopt demo`; resolved config: config.json.",
+            f"{seconds:.0f} s. Command: `lopt demo`; resolved config: config.json.",
+        ),
+        ("table", header, table),
+        ("img", "figures/heldout_curves.png", "training and test loss curves"),
+    ]
+
+
+def _meta_train_blocks(meta: dict) -> list[tuple]:
+    return [
+        ("h2", "Meta-training a learned optimizer from scratch"),
+        (
+            "p",
+            f"PES ({meta['config']['num_particles']} tasks x 2 antithetic, truncation "
+            f"{meta['config']['truncation_length']}, horizon 200) meta-trains a fresh `mlp` optimizer on 10-d "
+            f"quadratics for {len(meta['meta_loss'])} outer steps ({meta['seconds']:.0f} s). On "
+            f"{meta['fresh_tasks']} fresh quadratics (200 steps) it beats its own initialization on "
+            f"{meta['trained_beats_untrained']} and Adam (lr 1e-3) on {meta['trained_beats_adam']}.",
         ),
         (
             "table",
+            ["optimizer", "median test loss on fresh tasks"],
             [
-                "task",
-                "params",
-                "Adam lr (tuned)",
-                "Adam test loss",
-                "Adam test acc",
-                f"{cfg.pretrained} test loss",
-                f"{cfg.pretrained} test acc",
-                "better",
-            ],
-            [
-                [
-                    r["task"],
-                    f"{r['params']:,}",
-                    f"{r['adam_best_lr']:g}",
-                    _fmt(r["adam_test_loss"]),
-                    _fmt(r["adam_test_accuracy"]),
-                    _fmt(r["pretrained_test_loss"]),
-                    _fmt(r["pretrained_test_accuracy"]),
-                    _winner(r, cfg.pretrained),
-                ]
-                for r in rows
+                ["meta-trained mlp", _fmt(meta["trained_test_loss"])],
+                ["its initialization", _fmt(meta["untrained_test_loss"])],
+                ["Adam lr 1e-3", _fmt(meta["adam_test_loss"])],
             ],
         ),
-        ("img", "figures/heldout_curves.png", "training and test loss curves"),
+        ("img", "figures/meta_loss.png", "meta-loss during meta-training"),
     ]
-    if meta:
-        blocks += [
-            ("h2", "Meta-training a learned optimizer from scratch"),
-            (
-                "p",
-                f"PES ({meta['config']['num_particles']} tasks x 2 antithetic, truncation "
-                f"{meta['config']['truncation_length']}, horizon 200) meta-trains a fresh `mlp` optimizer on 10-d "
-                f"quadratics for {len(meta['meta_loss'])} outer steps ({meta['seconds']:.0f} s). On "
-                f"{meta['fresh_tasks']} fresh quadratics (200 steps) it beats its own initialization on "
-                f"{meta['trained_beats_untrained']} and Adam (lr 1e-3) on {meta['trained_beats_adam']}.",
-            ),
-            (
-                "table",
-                ["optimizer", "median test loss on fresh tasks"],
-                [
-                    ["meta-trained mlp", _fmt(meta["trained_test_loss"])],
-                    ["its initialization", _fmt(meta["untrained_test_loss"])],
-                    ["Adam lr 1e-3", _fmt(meta["adam_test_loss"])],
-                ],
-            ),
-            ("img", "figures/meta_loss.png", "meta-loss during meta-training"),
-        ]
-    return blocks
 
 
 def _fmt(x) -> str:

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from lopt.optimizers.baselines import NADAMW_KEYS, nadamw_cosine
+from lopt.serialization import atomic_write
 from lopt.tuning.cache import run_search
 from lopt.tuning.scoring import CLIP, best_scores, failed, init_loss, normalize, score
 from lopt.tuning.searches import Search, _log_uniform
@@ -151,16 +152,35 @@ def build_nadamw_list(
     }
     norm = np.stack([_normalized(task, search, run) for task in tasks], 1)  # (K, T)
     order = greedy_order(norm, keep)
+    budget = {
+        "num_configs": num_configs,
+        "steps": steps,
+        "seeds": seeds,
+        "eval_every": eval_every,
+        "tasks": len(tasks),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "backend": f"{jax.default_backend()} ({os.cpu_count()} cpus), jax {jax.__version__}",
+    }
+    doc = _list_document(budget, candidates, keep, seed, [t.name for t in tasks], norm, order, trials)
+    atomic_write(out, json.dumps(doc, indent=1).encode())
+    return doc
+
+
+def _list_document(
+    budget: dict, candidates: int, keep: int, seed: int, tasks: list[str], norm: np.ndarray, order, trials
+) -> dict:
+    """The JSON document of the list: how it was built (command, budget, space, tasks), the mean
+    best-so-far normalized loss of each prefix, and the configurations in order."""
     best = np.full(norm.shape[1], np.inf)
     curve = []
     for i in order:
         best = np.minimum(best, norm[i])
         curve.append(round(float(best.mean()), 5))
     args = (
-        f"--num-configs {num_configs} --candidates {candidates} --steps {steps} --seeds {seeds} "
-        f"--eval-every {eval_every} --keep {keep} --seed {seed}"
+        f"--num-configs {budget['num_configs']} --candidates {candidates} --steps {budget['steps']} "
+        f"--seeds {budget['seeds']} --eval-every {budget['eval_every']} --keep {keep} --seed {seed}"
     )
-    doc = {
+    return {
         "description": "NAdamW (warmup + cosine decay) configurations ordered greedily, opt_list style "
         "(Metz et al. 2020, arXiv:2002.11887): each next entry most lowers the mean over the "
         "train-suite tasks of the best-so-far normalized final outer-valid loss (L_best = the best of "
@@ -168,22 +188,10 @@ def build_nadamw_list(
         "(mean_best_so_far = 0), the rest is ordered by each config's own mean normalized loss. "
         "Use the first N.",
         "command": f"python -m lopt.tuning {args}",
-        "budget": {
-            "num_configs": num_configs,
-            "steps": steps,
-            "seeds": seeds,
-            "eval_every": eval_every,
-            "tasks": len(tasks),
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-            "backend": f"{jax.default_backend()} ({os.cpu_count()} cpus), jax {jax.__version__}",
-        },
+        "budget": budget,
         "space": {k: list(v) for k, v in NADAMW_SPACE.items()},
         "normalization": f"clip((L - L_best) / (L_init - L_best), 0, {CLIP}) per task; failed runs = {CLIP}",
-        "tasks": [t.name for t in tasks],
+        "tasks": tasks,
         "mean_best_so_far": curve,
         "configs": [{k: float(trials[k][i]) for k in NADAMW_KEYS} | {"sampled_index": i} for i in order],
     }
-    with open(out + ".tmp", "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(out + ".tmp", out)
-    return doc
