@@ -46,17 +46,49 @@ themselves", arXiv:2009.11243.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from lopt.optimizers.learned import features as F
 from lopt.optimizers.learned.base import LearnedOptimizer, Theta, as_f32
 from lopt.optimizers.learned.mlp import global_log_step, init_accumulators, rebuild, skip_init, tensor_update
+from lopt.optimizers.learned.tensor_lstm import (
+    CLIP_DECAY,
+    CLIP_MULT,
+    TRAIN_DECAY,
+    VALID_DECAY,
+    clip_threshold,
+    clipped_mean_square,
+    loss_features,
+    lstm_cell,
+    lstm_init,
+    lstm_state,
+    lstm_step,
+    next_state,
+    per_tensor_stats,
+    shape_features,
+)
+
+__all__ = [  # besides this module's own names, the LSTM's pieces that were defined here before
+    "CLIP_DECAY",
+    "CLIP_MULT",
+    "LSTM_STAT_NAMES",
+    "MLP_TENSOR_NAMES",
+    "TRAIN_DECAY",
+    "VALID_DECAY",
+    "HierarchicalConfig",
+    "HierarchicalOptimizer",
+    "HierarchicalState",
+    "loss_features",
+    "lstm_cell",
+    "shape_features",
+    "stat_triple",
+]
 
 LSTM_STAT_NAMES = (
     "mean_m_mag",
@@ -79,8 +111,6 @@ LSTM_STAT_NAMES = (
     "valid_loss",
 )
 MLP_TENSOR_NAMES = tuple(f"step_tanh{t:g}" for t in F.STEP_TIMESCALES) + ("norm_p", "log_n", "log_tensors")
-CLIP_DECAY, CLIP_MULT = 0.99, 10.0
-TRAIN_DECAY, VALID_DECAY = 0.9, 0.95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,48 +147,10 @@ class HierarchicalState(NamedTuple):
     loss_feats: jax.Array  # (2,): the last training- and validation-loss features
 
 
-def shape_features(shape: tuple[int, ...]) -> np.ndarray:
-    """(5,): rank feature (+1 scalar, −1 otherwise) and log of the last 4 dims (leading ones merged), −1."""
-    dims = [1] * 4 + list(shape)
-    dims = [math.prod(dims[: len(dims) - 3])] + dims[len(dims) - 3 :]
-    return np.asarray([1.0 if len(shape) == 0 else -1.0] + [math.log(d) - 1.0 for d in dims], np.float32)
-
-
-def lstm_cell(theta: dict, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """A standard LSTM cell over a batch of tensors: x (T, I), h and c (T, H)."""
-    gates = x @ theta["wx"] + h @ theta["wh"] + theta["b"][None, :]  # (T, 4H)
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return h, c
-
-
 def stat_triple(mean: jax.Array, mean_sq: jax.Array) -> list[jax.Array]:
     """Clipped log|mean|, sign(mean), clipped log var, from the mean and the mean square."""
     var = jnp.maximum(mean_sq - mean * mean, 0.0)
     return [F.clip_log_abs(mean), jnp.sign(mean), F.clip_log_abs(var)]
-
-
-def loss_features(state: HierarchicalState, loss: Any, valid_loss: Any) -> tuple[jax.Array, ...]:
-    """(train_stats, valid_stats, loss_feats) after this step's optional losses."""
-    loss, has_loss = F.fresh(loss)
-    valid, has_valid = F.fresh(valid_loss)
-    t_mean, t_var, t_count = state.train_stats[0], state.train_stats[1], state.train_stats[2]
-    n_mean, n_var = F.ema_update(t_mean, t_var, loss, TRAIN_DECAY)
-    t_mean, t_var = jnp.where(has_loss, n_mean, t_mean), jnp.where(has_loss, n_var, t_var)
-    t_count = t_count + has_loss.astype(jnp.float32)
-    cor_mean, cor_var = F.debias(t_mean, TRAIN_DECAY, t_count), F.debias(t_var, TRAIN_DECAY, t_count)
-    v_mean, v_count = state.valid_stats[0], state.valid_stats[1]
-    v_mean = jnp.where(has_valid, VALID_DECAY * v_mean + (1.0 - VALID_DECAY) * valid, v_mean)
-    v_count = v_count + has_valid.astype(jnp.float32)
-    train_feat = jnp.where(has_loss, F.zscore(loss, cor_mean, cor_var), state.loss_feats[0])
-    valid_now = F.zscore(F.debias(v_mean, VALID_DECAY, v_count), cor_mean, cor_var)
-    valid_feat = jnp.where(has_valid & (t_count > 0), valid_now, state.loss_feats[1])
-    return (
-        jnp.stack([t_mean, t_var, t_count]),
-        jnp.stack([v_mean, v_count]),
-        jnp.stack([train_feat, valid_feat]),
-    )
 
 
 class HierarchicalOptimizer(LearnedOptimizer):
@@ -180,17 +172,9 @@ class HierarchicalOptimizer(LearnedOptimizer):
     def init(self, key: jax.Array) -> Theta:
         cfg = self.config
         k_lstm_x, k_lstm_h, k_mlp, k_to_mlp, k_msg, k_msg0 = jax.random.split(key, 6)
-        hl = cfg.lstm_hidden
-        lstm = {
-            "wx": F.dense_init(k_lstm_x, self.lstm_inputs(), 4 * hl)["w"],
-            "wh": F.dense_init(k_lstm_h, hl, 4 * hl)["w"],
-            "b": jnp.zeros((4 * hl,), jnp.float32),
-        }
+        lstm_keys = (k_lstm_x, k_lstm_h, k_to_mlp, k_msg, k_msg0)
         return {
-            "lstm": lstm,
-            "to_mlp": F.dense_init(k_to_mlp, hl, cfg.hidden[0]),
-            "to_message": F.dense_init(k_msg, hl, cfg.message_size),
-            "message0": 0.1 * jax.random.normal(k_msg0, (cfg.message_size,), jnp.float32),
+            **lstm_init(lstm_keys, self.lstm_inputs(), cfg.lstm_hidden, cfg.hidden[0], cfg.message_size),
             "mlp": F.mlp_init(k_mlp, self.mlp_inputs(), cfg.hidden, cfg.out_scale),
             "skip": skip_init(cfg.spec),
             **self._log_step_init(),
@@ -205,23 +189,16 @@ class HierarchicalOptimizer(LearnedOptimizer):
 
     def transform(self, theta: Theta, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
         del num_steps  # not horizon-aware: the same rule for any run length
-        cfg, spec = self.config, self.config.spec
-        k, hl = len(cfg.mom_decays), cfg.lstm_hidden
+        cfg = self.config
 
         def init_fn(params: Any) -> HierarchicalState:
-            moms, rmss = init_accumulators(spec, params)
-            t = len(jax.tree.leaves(params))
+            moms, rmss = init_accumulators(cfg.spec, params)
+            num_tensors = len(jax.tree.leaves(params))
             return HierarchicalState(
                 count=jnp.zeros([], jnp.int32),
                 moms=moms,
                 rmss=rmss,
-                lstm_h=jnp.zeros((t, hl), jnp.float32),
-                lstm_c=jnp.zeros((t, hl), jnp.float32),
-                message=jnp.asarray(theta["message0"], jnp.float32),
-                clip_ema=jnp.asarray(1.0 - CLIP_DECAY, jnp.float32),
-                train_stats=jnp.zeros((3,), jnp.float32),
-                valid_stats=jnp.zeros((2,), jnp.float32),
-                loss_feats=jnp.zeros((2,), jnp.float32),
+                **lstm_state(theta, num_tensors, cfg.lstm_hidden),
             )
 
         def update_fn(
@@ -232,93 +209,85 @@ class HierarchicalOptimizer(LearnedOptimizer):
                 raise ValueError(
                     "the hierarchical learned optimizer needs params: call update(grads, state, params)."
                 )
-            train_stats, valid_stats, loss_feats = loss_features(state, loss, valid_loss)
-            g_leaves, p_leaves = jax.tree.leaves(grads), jax.tree.leaves(params)
-            acc_leaves = list(zip(*[jax.tree.leaves(t) for t in state.moms + state.rmss]))
-            num_tensors = len(g_leaves)
-            # 1. dynamic gradient clipping against the running gradient RMS
-            t_clip = (state.count + 1).astype(jnp.float32)
-            clip = state.clip_ema / (1.0 - jnp.power(jnp.float32(CLIP_DECAY), t_clip)) * CLIP_MULT
-            per_tensor, lstm_x, mean_sq = [], [], []
-            for g, p, acc in zip(g_leaves, p_leaves, acc_leaves):
-                g32, p32 = jnp.clip(as_f32(g), -clip, clip), as_f32(p)
-                moms, rmss = F.update_accumulators(spec, g32, acc[:k], acc[k:])
-                feats = F.param_features(g32, p32, moms, rmss)
-                n = max(g.size, 1)
-                # Σ min(g², clip²) = Σ clip(g)², written apart from g32 so it is not a shared temporary
-                mean_g2 = jnp.sum(jnp.minimum(as_f32(g) * as_f32(g), clip * clip)) / n
-                second = F.second_moments(g32, p32, moms, rmss, mean_g2)  # (F,) mean x_f²: g², θ², m_i², ...
-                mean_m = sum(jnp.sum(m) for m in moms) / (n * k)
-                mean_m2 = jnp.sum(second[2 : 2 + k]) / k
-                mean_v = sum(jnp.sum(v) for v in rmss) / (n * len(rmss))
-                mean_v2 = sum(F.dot_self(v) for v in rmss) / (n * len(rmss))
-                norm_p = F.clip_log_abs(jnp.sqrt(second[1] * n))
-                z = [
-                    *stat_triple(mean_m, mean_m2),
-                    *stat_triple(mean_v, mean_v2),
-                    *stat_triple(jnp.sum(p32) / n, second[1]),
-                    F.clip_log_abs(jnp.sqrt(mean_g2 * n)),
-                    norm_p,
-                    *jnp.asarray(shape_features(jnp.shape(g))),
-                ]
-                lstm_x.append(jnp.stack(z))
-                mean_sq.append(mean_g2)
-                per_tensor.append((feats, F.scales(second), moms, rmss, norm_p, math.log(n)))
-            # 3. the per-tensor LSTM, batched over tensors
-            x = jnp.concatenate(
-                [
-                    jnp.stack(lstm_x),  # (T, 16)
-                    jnp.broadcast_to(loss_feats, (num_tensors, 2)),
-                    jnp.broadcast_to(state.message, (num_tensors, cfg.message_size)),
-                ],
-                axis=1,
-            )  # (T, lstm_inputs)
-            h, c = lstm_cell(theta["lstm"], x, state.lstm_h, state.lstm_c)  # (T, Hl) each
-            # 4. the message for the next step, and 5. the LSTM's per-tensor inputs to the MLP
-            message = jnp.mean(
-                h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], axis=0
-            )  # (M,)
-            to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
-            log_step = global_log_step(cfg.log_step_mult, theta)
-            if log_step is not None:  # per tensor: c_lr·(λ + w·h_k + b)
-                log_step = log_step + cfg.log_step_mult * (
-                    (h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0]
-                )
-            emb = F.step_embedding(state.count)
-            log_tensors = jnp.full((1,), math.log(max(num_tensors, 1)), jnp.float32)
-            updates, new_m, new_v = [], [], []
-            for i, ((feats, scale, moms, rmss, norm_p, log_n), p) in enumerate(zip(per_tensor, p_leaves)):
-                tensor_inputs = jnp.concatenate([emb, jnp.stack([norm_p, jnp.float32(log_n)]), log_tensors])
-                updates.append(
-                    tensor_update(
-                        theta["mlp"],
-                        theta["skip"],
-                        feats,
-                        scale,
-                        tensor_inputs,
-                        cfg.step_mult,
-                        cfg.exp_mult,
-                        p.dtype,
-                        extra_bias=to_mlp[i],
-                        log_step=None if log_step is None else log_step[i],
-                    )
-                )
-                new_m.append(moms)
-                new_v.append(rmss)
-            avg_sq = sum(mean_sq) / max(num_tensors, 1)
-            clip_ema = state.clip_ema * CLIP_DECAY + jnp.sqrt(1e-8 + avg_sq) * (1.0 - CLIP_DECAY)
-            new_state = HierarchicalState(
-                count=optax.safe_int32_increment(state.count),
-                moms=tuple(rebuild(state.moms[j], [m[j] for m in new_m]) for j in range(k)),
-                rmss=tuple(rebuild(state.rmss[j], [v[j] for v in new_v]) for j in range(len(cfg.rms_decays))),
-                lstm_h=h,
-                lstm_c=c,
-                message=message,
-                clip_ema=clip_ema,
-                train_stats=train_stats,
-                valid_stats=valid_stats,
-                loss_feats=loss_feats,
-            )
-            return rebuild(grads, updates), new_state
+            return hierarchical_update(cfg, theta, grads, state, params, loss, valid_loss)
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _TensorStats(NamedTuple):
+    """What step 2 computes for one tensor and the MLP step (5) reads."""
+
+    feats: list  # the normalized per-parameter features
+    scale: jax.Array  # (F,) their per-tensor scales
+    moms: tuple  # the new momenta
+    rmss: tuple  # the new second moments
+    norm_p: jax.Array  # clipped log‖θ_k‖
+    log_n: float  # log of the tensor's size
+
+
+def hierarchical_update(
+    cfg: HierarchicalConfig, theta: Theta, grads: Any, state: HierarchicalState, params: Any, loss, valid_loss
+) -> tuple[Any, HierarchicalState]:
+    """One step of the optimizer (steps 1-6 of the module docstring): (updates, new state)."""
+    train_stats, valid_stats, loss_feats = loss_features(state, loss, valid_loss)
+    g_leaves, p_leaves = jax.tree.leaves(grads), jax.tree.leaves(params)
+    clip = clip_threshold(state.clip_ema, state.count)  # 1. dynamic clipping against the gradient RMS
+    tensor_stats = functools.partial(_tensor_stats, cfg)
+    per_tensor, lstm_x, mean_sq = per_tensor_stats(tensor_stats, g_leaves, p_leaves, state, clip)
+    # 3. the per-tensor LSTM, batched over tensors; 4. the message for the next step; 5. the MLP's bias
+    h, c, message, to_mlp = lstm_step(theta, lstm_x, [loss_feats], state.lstm_h, state.lstm_c, state.message)
+    log_step = global_log_step(cfg.log_step_mult, theta)
+    if log_step is not None:  # 6. per tensor: c_lr·(λ + w·h_k + b)
+        log_step = log_step + cfg.log_step_mult * (
+            (h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0]
+        )
+    emb = F.step_embedding(state.count)
+    log_tensors = jnp.full((1,), math.log(max(len(g_leaves), 1)), jnp.float32)
+    updates = []
+    for i, (stats, p) in enumerate(zip(per_tensor, p_leaves)):
+        tensor_inputs = jnp.concatenate(
+            [emb, jnp.stack([stats.norm_p, jnp.float32(stats.log_n)]), log_tensors]
+        )
+        updates.append(
+            tensor_update(
+                theta["mlp"],
+                theta["skip"],
+                stats.feats,
+                stats.scale,
+                tensor_inputs,
+                cfg.step_mult,
+                cfg.exp_mult,
+                p.dtype,
+                extra_bias=to_mlp[i],
+                log_step=None if log_step is None else log_step[i],
+            )
+        )
+    loss_stats = (train_stats, valid_stats, loss_feats)
+    return rebuild(grads, updates), next_state(state, per_tensor, (h, c, message), mean_sq, loss_stats)
+
+
+def _tensor_stats(
+    cfg: HierarchicalConfig, g: jax.Array, p: jax.Array, acc: tuple, clip: jax.Array
+) -> tuple[_TensorStats, jax.Array, jax.Array]:
+    """One tensor's accumulators and features (2.), its LSTM input z_k (3.) and mean clip(g)²."""
+    spec, k = cfg.spec, len(cfg.mom_decays)
+    g32, p32 = jnp.clip(as_f32(g), -clip, clip), as_f32(p)
+    moms, rmss = F.update_accumulators(spec, g32, acc[:k], acc[k:])
+    feats = F.param_features(g32, p32, moms, rmss)
+    n = max(g.size, 1)
+    mean_g2 = clipped_mean_square(g, clip)
+    second = F.second_moments(g32, p32, moms, rmss, mean_g2)  # (F,) mean x_f²: g², θ², m_i², ...
+    mean_m = sum(jnp.sum(m) for m in moms) / (n * k)
+    mean_m2 = jnp.sum(second[2 : 2 + k]) / k
+    mean_v = sum(jnp.sum(v) for v in rmss) / (n * len(rmss))
+    mean_v2 = sum(F.dot_self(v) for v in rmss) / (n * len(rmss))
+    norm_p = F.clip_log_abs(jnp.sqrt(second[1] * n))
+    z = [
+        *stat_triple(mean_m, mean_m2),
+        *stat_triple(mean_v, mean_v2),
+        *stat_triple(jnp.sum(p32) / n, second[1]),
+        F.clip_log_abs(jnp.sqrt(mean_g2 * n)),
+        norm_p,
+        *jnp.asarray(shape_features(jnp.shape(g))),
+    ]
+    return _TensorStats(feats, F.scales(second), moms, rmss, norm_p, math.log(n)), jnp.stack(z), mean_g2

@@ -42,6 +42,7 @@ optimizers Celo (Moudgil et al. 2025) and µLO (Thérien et al. 2024).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -52,14 +53,18 @@ import optax
 from lopt.optimizers.learned import features as F
 from lopt.optimizers.learned import schedule
 from lopt.optimizers.learned.base import LearnedOptimizer, Theta, as_f32
-from lopt.optimizers.learned.hierarchical import (
-    CLIP_DECAY,
-    CLIP_MULT,
+from lopt.optimizers.learned.mlp import rebuild
+from lopt.optimizers.learned.tensor_lstm import (
+    clip_threshold,
+    clipped_mean_square,
     loss_features,
-    lstm_cell,
+    lstm_init,
+    lstm_state,
+    lstm_step,
+    next_state,
+    per_tensor_stats,
     shape_features,
 )
-from lopt.optimizers.learned.mlp import rebuild
 
 EPS_REL = 1e-12  # ε_j = EPS_REL·mean(v_j) + EPS_ABS in rsqrt(v_j + ε_j): relative, so scale-free
 EPS_ABS = 1e-30
@@ -200,14 +205,7 @@ class HierarchicalV2(LearnedOptimizer):
         mlp["out"] = {"w": F.dense_init(keys[5], sizes[-1], 1, scale=cfg.out_scale)["w"]}
         zeros = {"w": jnp.zeros((hl, 1), jnp.float32), "b": jnp.zeros((1,), jnp.float32)}
         return {
-            "lstm": {
-                "wx": F.dense_init(keys[0], self.lstm_inputs(), 4 * hl)["w"],
-                "wh": F.dense_init(keys[1], hl, 4 * hl)["w"],
-                "b": jnp.zeros((4 * hl,), jnp.float32),
-            },
-            "to_mlp": F.dense_init(keys[2], hl, cfg.hidden[0]),
-            "to_message": F.dense_init(keys[3], hl, cfg.message_size),
-            "message0": 0.1 * jax.random.normal(keys[4], (cfg.message_size,), jnp.float32),
+            **lstm_init(keys[:5], self.lstm_inputs(), hl, cfg.hidden[0], cfg.message_size),
             "mlp": mlp,
             "skip": jax.nn.one_hot(cfg.nominal_index(), len(cfg.odd_names()), dtype=jnp.float32),
             "log_step": jnp.zeros((), jnp.float32),
@@ -227,12 +225,9 @@ class HierarchicalV2(LearnedOptimizer):
     def transform(self, theta: Theta, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
         """The optimizer of ``theta`` for runs of ``num_steps`` steps (``update(..., num_steps=T)`` overrides)."""
         cfg = self.config
-        k, hl = len(cfg.mom_decays), cfg.lstm_hidden
         default_steps = num_steps
 
         def init_fn(params: Any) -> HierarchicalV2State:
-            t = len(jax.tree.leaves(params))
-
             def zeros():  # a fresh buffer per accumulator, so that a jitted step can donate the state
                 return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
 
@@ -240,13 +235,7 @@ class HierarchicalV2(LearnedOptimizer):
                 count=jnp.zeros([], jnp.int32),
                 moms=tuple(zeros() for _ in cfg.mom_decays),
                 rmss=tuple(zeros() for _ in cfg.rms_decays),
-                lstm_h=jnp.zeros((t, hl), jnp.float32),
-                lstm_c=jnp.zeros((t, hl), jnp.float32),
-                message=jnp.asarray(theta["message0"], jnp.float32),
-                clip_ema=jnp.asarray(1.0 - CLIP_DECAY, jnp.float32),
-                train_stats=jnp.zeros((3,), jnp.float32),
-                valid_stats=jnp.zeros((2,), jnp.float32),
-                loss_feats=jnp.zeros((2,), jnp.float32),
+                **lstm_state(theta, len(jax.tree.leaves(params)), cfg.lstm_hidden),
             )
 
         def update_fn(grads, state, params=None, *, loss=None, valid_loss=None, num_steps=None, **extra):
@@ -259,84 +248,86 @@ class HierarchicalV2(LearnedOptimizer):
                     "hierarchical_v2 needs the total number of training steps T: pass num_steps=T to "
                     "transform(theta, num_steps=T) / lopt.pretrained(name, num_steps=T), or to update(...)."
                 )
-            train_stats, valid_stats, loss_feats = loss_features(state, loss, valid_loss)
-            g_leaves, p_leaves = jax.tree.leaves(grads), jax.tree.leaves(params)
-            acc_leaves = list(zip(*[jax.tree.leaves(t) for t in state.moms + state.rmss]))
-            num_tensors = len(g_leaves)
-            f = schedule.fraction(state.count, total)
-            frac = schedule.fraction_features(f, cfg.warmup, cfg.final)
-            t_clip = (state.count + 1).astype(jnp.float32)
-            clip = state.clip_ema / (1.0 - jnp.power(jnp.float32(CLIP_DECAY), t_clip)) * CLIP_MULT
-            per_tensor, lstm_x, mean_sq = [], [], []
-            for g, p, acc in zip(g_leaves, p_leaves, acc_leaves):
-                g32, p32 = jnp.clip(as_f32(g), -clip, clip), as_f32(p)
-                moms = tuple(m + (1.0 - b) * (g32 - m) for b, m in zip(cfg.mom_decays, acc[:k]))
-                rmss = tuple(c * v + (1.0 - c) * g32 * g32 for c, v in zip(cfg.rms_decays, acc[k:]))
-                n = max(g.size, 1)
-                mean_g2 = jnp.sum(jnp.minimum(as_f32(g) * as_f32(g), clip * clip)) / n
-                odd, scale, even, mean_v = tensor_features(cfg, g32, moms, rmss, mean_g2)
-                mean_m = sum(jnp.sum(m) for m in moms) / (n * k)
-                mean_m2 = sum(F.dot_self(m) for m in moms) / (n * k)
-                mv = sum(mean_v) / len(mean_v)
-                mean_v2 = sum(F.dot_self(v) for v in rmss) / (n * len(rmss))
-                p2 = F.dot_self(p32) / n
-                mean_p = jnp.sum(p32) / n
-                z = [
-                    F.clip_log_abs(mean_m),
-                    F.clip_log_abs(jnp.maximum(mean_m2 - mean_m * mean_m, 0.0)),
-                    F.clip_log_abs(mv),
-                    F.clip_log_abs(jnp.maximum(mean_v2 - mv * mv, 0.0)),
-                    F.clip_log_abs(mean_p),
-                    jnp.sign(mean_p),
-                    F.clip_log_abs(jnp.maximum(p2 - mean_p * mean_p, 0.0)),
-                    F.clip_log_abs(jnp.sqrt(mean_g2 * n)),
-                    F.clip_log_abs(jnp.sqrt(p2 * n)),
-                    *jnp.asarray(shape_features(jnp.shape(g))),
-                ]
-                lstm_x.append(jnp.stack(z))
-                mean_sq.append(mean_g2)
-                per_tensor.append((odd, scale, even, moms, rmss, math.log(n)))
-            x = jnp.concatenate(
-                [
-                    jnp.stack(lstm_x),
-                    jnp.broadcast_to(frac, (num_tensors, 3)),
-                    jnp.broadcast_to(loss_feats, (num_tensors, 2)),
-                    jnp.broadcast_to(state.message, (num_tensors, cfg.message_size)),
-                ],
-                axis=1,
-            )
-            h, c = lstm_cell(theta["lstm"], x, state.lstm_h, state.lstm_c)
-            message = jnp.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], axis=0)
-            to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
-            factor = jnp.exp(
-                math.log(cfg.tensor_range)
-                * jnp.tanh((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0])
-            )
             eta = self.step_size(theta, state.count, total)
-            w0 = theta["mlp"]["l0"]["w"]
-            n_in = len(cfg.odd_names()) + len(cfg.even_names())
-            log_tensors = math.log(max(num_tensors, 1))
-            updates, new_m, new_v = [], [], []
-            for i, ((odd, scale, even, moms, rmss, log_n), p) in enumerate(zip(per_tensor, p_leaves)):
-                tensor_in = jnp.concatenate([frac, jnp.asarray([log_n, log_tensors], jnp.float32)])
-                bias = theta["mlp"]["l0"]["b"] + tensor_in @ w0[n_in:] + to_mlp[i]
-                d = direction(theta["mlp"], theta["skip"], odd, scale, even, bias)
-                updates.append((-(eta * factor[i]) * normalized(d)).astype(p.dtype))
-                new_m.append(moms)
-                new_v.append(rmss)
-            avg_sq = sum(mean_sq) / max(num_tensors, 1)
-            new_state = HierarchicalV2State(
-                count=optax.safe_int32_increment(state.count),
-                moms=tuple(rebuild(state.moms[j], [m[j] for m in new_m]) for j in range(k)),
-                rmss=tuple(rebuild(state.rmss[j], [v[j] for v in new_v]) for j in range(len(cfg.rms_decays))),
-                lstm_h=h,
-                lstm_c=c,
-                message=message,
-                clip_ema=state.clip_ema * CLIP_DECAY + jnp.sqrt(1e-8 + avg_sq) * (1.0 - CLIP_DECAY),
-                train_stats=train_stats,
-                valid_stats=valid_stats,
-                loss_feats=loss_feats,
-            )
-            return rebuild(grads, updates), new_state
+            return hierarchical_v2_update(cfg, theta, grads, state, params, loss, valid_loss, total, eta)
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _TensorStats(NamedTuple):
+    """What one tensor's features (2.) leave for its direction (4.)."""
+
+    odd: list  # the odd features x
+    scale: jax.Array  # (F_odd,) their per-tensor scales
+    even: list  # the even features e_j
+    moms: tuple  # the new momenta
+    rmss: tuple  # the new second moments
+    log_n: float  # log of the tensor's size
+
+
+def hierarchical_v2_update(
+    cfg: HierarchicalV2Config,
+    theta: Theta,
+    grads: Any,
+    state: HierarchicalV2State,
+    params: Any,
+    loss: Any,
+    valid_loss: Any,
+    total: Any,
+    eta: jax.Array,
+) -> tuple[Any, HierarchicalV2State]:
+    """One step (1-5 of the module docstring) of a ``total``-step run at step size ``eta`` = η·s(f)."""
+    train_stats, valid_stats, loss_feats = loss_features(state, loss, valid_loss)
+    g_leaves, p_leaves = jax.tree.leaves(grads), jax.tree.leaves(params)
+    frac = schedule.fraction_features(schedule.fraction(state.count, total), cfg.warmup, cfg.final)
+    clip = clip_threshold(state.clip_ema, state.count)
+    tensor_stats = functools.partial(_tensor_stats, cfg)
+    per_tensor, lstm_x, mean_sq = per_tensor_stats(tensor_stats, g_leaves, p_leaves, state, clip)
+    shared = [frac, loss_feats]
+    h, c, message, to_mlp = lstm_step(theta, lstm_x, shared, state.lstm_h, state.lstm_c, state.message)
+    factor = jnp.exp(
+        math.log(cfg.tensor_range) * jnp.tanh((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0])
+    )
+    w0 = theta["mlp"]["l0"]["w"]
+    n_in = len(cfg.odd_names()) + len(cfg.even_names())
+    log_tensors = math.log(max(len(g_leaves), 1))
+    updates = []
+    for i, (stats, p) in enumerate(zip(per_tensor, p_leaves)):
+        tensor_in = jnp.concatenate([frac, jnp.asarray([stats.log_n, log_tensors], jnp.float32)])
+        bias = theta["mlp"]["l0"]["b"] + tensor_in @ w0[n_in:] + to_mlp[i]
+        d = direction(theta["mlp"], theta["skip"], stats.odd, stats.scale, stats.even, bias)
+        updates.append((-(eta * factor[i]) * normalized(d)).astype(p.dtype))
+    loss_stats = (train_stats, valid_stats, loss_feats)
+    return rebuild(grads, updates), next_state(state, per_tensor, (h, c, message), mean_sq, loss_stats)
+
+
+def _tensor_stats(
+    cfg: HierarchicalV2Config, g: jax.Array, p: jax.Array, acc: tuple, clip: jax.Array
+) -> tuple[_TensorStats, jax.Array, jax.Array]:
+    """One tensor's accumulators and features (1-2.), its LSTM input z_k (3.) and mean clip(g)²."""
+    k = len(cfg.mom_decays)
+    g32, p32 = jnp.clip(as_f32(g), -clip, clip), as_f32(p)
+    moms = tuple(m + (1.0 - b) * (g32 - m) for b, m in zip(cfg.mom_decays, acc[:k]))
+    rmss = tuple(c * v + (1.0 - c) * g32 * g32 for c, v in zip(cfg.rms_decays, acc[k:]))
+    n = max(g.size, 1)
+    mean_g2 = clipped_mean_square(g, clip)
+    odd, scale, even, mean_v = tensor_features(cfg, g32, moms, rmss, mean_g2)
+    mean_m = sum(jnp.sum(m) for m in moms) / (n * k)
+    mean_m2 = sum(F.dot_self(m) for m in moms) / (n * k)
+    mv = sum(mean_v) / len(mean_v)
+    mean_v2 = sum(F.dot_self(v) for v in rmss) / (n * len(rmss))
+    p2 = F.dot_self(p32) / n
+    mean_p = jnp.sum(p32) / n
+    z = [
+        F.clip_log_abs(mean_m),
+        F.clip_log_abs(jnp.maximum(mean_m2 - mean_m * mean_m, 0.0)),
+        F.clip_log_abs(mv),
+        F.clip_log_abs(jnp.maximum(mean_v2 - mv * mv, 0.0)),
+        F.clip_log_abs(mean_p),
+        jnp.sign(mean_p),
+        F.clip_log_abs(jnp.maximum(p2 - mean_p * mean_p, 0.0)),
+        F.clip_log_abs(jnp.sqrt(mean_g2 * n)),
+        F.clip_log_abs(jnp.sqrt(p2 * n)),
+        *jnp.asarray(shape_features(jnp.shape(g))),
+    ]
+    return _TensorStats(odd, scale, even, moms, rmss, math.log(n)), jnp.stack(z), mean_g2
