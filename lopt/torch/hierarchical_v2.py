@@ -20,11 +20,11 @@ import math
 
 import torch
 
-from lopt.optimizers.learned.hierarchical import CLIP_DECAY, CLIP_MULT, shape_features
+from lopt.optimizers.learned.hierarchical import shape_features
 from lopt.optimizers.learned.hierarchical_v2 import EPS_ABS, EPS_DIR, EPS_REL, HierarchicalV2Config
 from lopt.torch import features as F
 from lopt.torch import kernels as K
-from lopt.torch.hierarchical import loss_features, lstm_cell
+from lopt.torch.hierarchical import clip_threshold, finish_step, init_group_state, loss_features, lstm_step
 from lopt.torch.mlp import flat_views, hidden_layers, use_compiled
 from lopt.torch.rule import Rule
 
@@ -74,15 +74,7 @@ class HierarchicalV2Rule(Rule):
         return state
 
     def init_group(self, device: torch.device) -> dict:
-        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float32, device=device)  # noqa: E731
-        return {
-            "count": torch.zeros((), dtype=torch.int64, device=device),
-            "message": self.theta_on(device)["message0"].clone(),
-            "clip_ema": torch.tensor(1.0 - CLIP_DECAY, dtype=torch.float32, device=device),
-            "train_stats": zeros(3),
-            "valid_stats": zeros(2),
-            "loss_feats": zeros(2),
-        }
+        return init_group_state(self.theta_on(device), device)
 
     def accumulators(self, state: dict) -> tuple[list, list]:
         cfg = self.config
@@ -140,74 +132,19 @@ class HierarchicalV2Rule(Rule):
             raise ValueError("hierarchical_v2 needs the total number of training steps T: pass num_steps=T.")
         cfg, gs, device = self.config, group_state, params[0].device
         theta = self.theta_on(device)
-        k = len(cfg.mom_decays)
         loss_features(gs, loss, valid_loss)
         count = int(gs["count"])
         f = fraction(count, num_steps, device)
         s_f = schedule_shape(f, cfg.warmup, cfg.final)
         frac = torch.stack([f, torch.cos(math.pi * f), s_f])  # (3,)
-        t_clip = torch.tensor(float(count + 1), dtype=torch.float32, device=device)
-        clip = (
-            gs["clip_ema"]
-            / (1.0 - torch.pow(torch.tensor(CLIP_DECAY, dtype=torch.float32, device=device), t_clip))
-            * CLIP_MULT
-        )
+        clip = clip_threshold(gs, count, device)
         per_tensor, lstm_x, mean_sq = [], [], []
         for p, g, st in zip(params, grads, states):
-            moms, rmss = self.accumulators(st)
-            n, r = max(p.numel(), 1), len(rmss)
-            p_flat, g_flat = flat_views(p, g)
-            compiled = use_compiled(self, p_flat.numel())
-            kernels = K.v2_kernels(tuple(cfg.mom_decays), tuple(cfg.rms_decays)) if compiled else None
-            entries = [g_flat, p_flat, *moms, *rmss]
-            # pass 1: accumulators; Σ v_j, and the sums behind the LSTM's statistics
-            if kernels is not None:
-                sums = kernels[0](entries, g_flat, p_flat, moms, rmss, clip)
-            else:
-                sums = self._accumulate(g_flat, p_flat, moms, rmss, clip)
-            mean_g2, sum_m, sum_m2, sum_v2, sum_p, sum_p2 = sums[:6].unbind()
-            mean_g2 = mean_g2 / n
-            mean_v = [sv / n for sv in sums[6:].unbind()]
-            eps = [EPS_REL * mv + EPS_ABS for mv in mean_v]
-            # pass 2: the odd features' second moments
-            if kernels is not None:
-                second = kernels[1](entries, g_flat, moms, rmss, clip, torch.stack(eps)) / n
-            else:
-                second = self._odd_second_moments(g_flat, moms, rmss, clip, eps, n)
-            mean_m, mean_m2 = sum_m / (n * k), sum_m2 / (n * k)
-            mv = sum(mean_v) / len(mean_v)
-            mean_v2 = sum_v2 / (n * r)
-            p2, mean_p = sum_p2 / n, sum_p / n
-            z = [
-                F.clip_log_abs(mean_m),
-                F.clip_log_abs(torch.clamp(mean_m2 - mean_m * mean_m, min=0.0)),
-                F.clip_log_abs(mv),
-                F.clip_log_abs(torch.clamp(mean_v2 - mv * mv, min=0.0)),
-                F.clip_log_abs(mean_p),
-                torch.sign(mean_p),
-                F.clip_log_abs(torch.clamp(p2 - mean_p * mean_p, min=0.0)),
-                F.clip_log_abs(torch.sqrt(mean_g2 * n)),
-                F.clip_log_abs(torch.sqrt(p2 * n)),
-            ]
-            shape = torch.from_numpy(shape_features(tuple(p.shape))).to(device)
-            lstm_x.append(torch.cat([torch.stack(z), shape]))
+            stats, z, mean_g2 = self._tensor_stats(p, g, st, clip)
+            per_tensor.append(stats)
+            lstm_x.append(z)
             mean_sq.append(mean_g2)
-            per_tensor.append((F.scales(second), mean_v, eps, math.log(n), p_flat, g_flat, moms, rmss))
-        num_tensors = len(per_tensor)
-        x = torch.cat(
-            [
-                torch.stack(lstm_x),  # (T, 14)
-                frac[None, :].expand(num_tensors, 3),
-                gs["loss_feats"][None, :].expand(num_tensors, 2),
-                gs["message"][None, :].expand(num_tensors, cfg.message_size),
-            ],
-            dim=1,
-        )
-        h_prev = torch.stack([st["lstm_h"] for st in states])
-        c_prev = torch.stack([st["lstm_c"] for st in states])
-        h, c = lstm_cell(theta["lstm"], x, h_prev, c_prev)  # (T, Hl)
-        gs["message"] = torch.mean(h @ theta["to_message"]["w"] + theta["to_message"]["b"][None, :], dim=0)
-        to_mlp = h @ theta["to_mlp"]["w"] + theta["to_mlp"]["b"][None, :]  # (T, H0)
+        h, c, to_mlp = lstm_step(theta, lstm_x, [frac, gs["loss_feats"]], gs, states)  # (T, Hl), (T, H0)
         factor = torch.exp(
             math.log(cfg.tensor_range)
             * torch.tanh((h @ theta["to_step"]["w"])[:, 0] + theta["to_step"]["b"][0])
@@ -215,51 +152,93 @@ class HierarchicalV2Rule(Rule):
         eta = cfg.peak * torch.exp(cfg.log_step_mult * theta["log_step"]) * s_f
         w0 = theta["mlp"]["l0"]["w"]
         n_in = len(cfg.odd_names()) + len(cfg.even_names())  # rows after these: the per-tensor inputs
-        log_tensors = math.log(max(num_tensors, 1))
-        for i, ((scale, mean_v, eps, log_n, p_flat, g_flat, moms, rmss), st) in enumerate(
-            zip(per_tensor, states)
-        ):
+        log_tensors = math.log(max(len(per_tensor), 1))
+        for i, stats in enumerate(per_tensor):
             tensor_in = torch.cat(
-                [frac, torch.tensor([log_n, log_tensors], dtype=torch.float32, device=device)]
+                [frac, torch.tensor([stats[3], log_tensors], dtype=torch.float32, device=device)]
             )
             bias = theta["mlp"]["l0"]["b"] + tensor_in @ w0[n_in:] + to_mlp[i]
-            # pass 3: the direction, chunk by chunk, then its normalization over the tensor
-            d = torch.empty_like(g_flat, dtype=torch.float32)  # (N,)
-            if use_compiled(self, p_flat.numel()):
-                n_odd = scale.shape[0]
-                first_w_t = (
-                    torch.cat([w0[:n_odd], theta["skip"][:, None]], dim=1) * scale[:, None]
-                ).T.contiguous()
-                sum_d2 = K.v2_kernels(tuple(cfg.mom_decays), tuple(cfg.rms_decays))[2](
-                    [g_flat, *moms, *rmss, d],
-                    g_flat,
-                    moms,
-                    rmss,
-                    clip,
-                    torch.stack(eps),
-                    1.0 / (torch.stack(mean_v) + EPS_ABS),
-                    first_w_t,
-                    w0[n_odd : n_odd + len(rmss)],
-                    bias,
-                    hidden_layers(theta["mlp"]),
-                    theta["mlp"]["out"]["w"],
-                    d,
-                )
-            else:
-                sum_d2 = torch.zeros((), dtype=torch.float32, device=device)
-                for s, e in F.chunks(g_flat.numel(), F.CHUNK):
-                    odd = self._odd(g_flat[s:e], [m[s:e] for m in moms], [v[s:e] for v in rmss], clip, eps)
-                    even = torch.stack(
-                        [torch.sqrt(v[s:e] * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)]
-                    )  # (R, B)
-                    d[s:e] = direction(theta["mlp"], theta["skip"], odd, scale, even, bias)
-                    sum_d2 += torch.dot(d[s:e], d[s:e])
-            coef = -(eta * factor[i]) * torch.rsqrt(
-                sum_d2 / max(d.numel(), 1) + EPS_DIR
-            )  # −η s(f) factor / RMS(d)
-            p_flat.add_(d.mul_(coef).to(p_flat.dtype))
-            st["lstm_h"].copy_(h[i])
-            st["lstm_c"].copy_(c[i])
-        avg_sq = sum(mean_sq) / max(num_tensors, 1)
-        gs["clip_ema"] = gs["clip_ema"] * CLIP_DECAY + torch.sqrt(1e-8 + avg_sq) * (1.0 - CLIP_DECAY)
-        gs["count"] += 1
+            self._apply(theta, stats, clip, bias, -(eta * factor[i]))
+        finish_step(gs, states, h, c, mean_sq)
+
+    def _tensor_stats(self, p, g, st, clip) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+        """Passes 1-2 over one tensor (accumulators, sums, the odd features' second moments): its
+        per-tensor values, its LSTM input z_k and mean clip(g)²."""
+        cfg, k = self.config, len(self.config.mom_decays)
+        moms, rmss = self.accumulators(st)
+        n, r = max(p.numel(), 1), len(rmss)
+        p_flat, g_flat = flat_views(p, g)
+        compiled = use_compiled(self, p_flat.numel())
+        kernels = K.v2_kernels(tuple(cfg.mom_decays), tuple(cfg.rms_decays)) if compiled else None
+        entries = [g_flat, p_flat, *moms, *rmss]
+        # pass 1: accumulators; Σ v_j, and the sums behind the LSTM's statistics
+        if kernels is not None:
+            sums = kernels[0](entries, g_flat, p_flat, moms, rmss, clip)
+        else:
+            sums = self._accumulate(g_flat, p_flat, moms, rmss, clip)
+        mean_g2, sum_m, sum_m2, sum_v2, sum_p, sum_p2 = sums[:6].unbind()
+        mean_g2 = mean_g2 / n
+        mean_v = [sv / n for sv in sums[6:].unbind()]
+        eps = [EPS_REL * mv + EPS_ABS for mv in mean_v]
+        # pass 2: the odd features' second moments
+        if kernels is not None:
+            second = kernels[1](entries, g_flat, moms, rmss, clip, torch.stack(eps)) / n
+        else:
+            second = self._odd_second_moments(g_flat, moms, rmss, clip, eps, n)
+        mean_m, mean_m2 = sum_m / (n * k), sum_m2 / (n * k)
+        mv = sum(mean_v) / len(mean_v)
+        mean_v2 = sum_v2 / (n * r)
+        p2, mean_p = sum_p2 / n, sum_p / n
+        z = [
+            F.clip_log_abs(mean_m),
+            F.clip_log_abs(torch.clamp(mean_m2 - mean_m * mean_m, min=0.0)),
+            F.clip_log_abs(mv),
+            F.clip_log_abs(torch.clamp(mean_v2 - mv * mv, min=0.0)),
+            F.clip_log_abs(mean_p),
+            torch.sign(mean_p),
+            F.clip_log_abs(torch.clamp(p2 - mean_p * mean_p, min=0.0)),
+            F.clip_log_abs(torch.sqrt(mean_g2 * n)),
+            F.clip_log_abs(torch.sqrt(p2 * n)),
+        ]
+        shape = torch.from_numpy(shape_features(tuple(p.shape))).to(p.device)
+        stats = (F.scales(second), mean_v, eps, math.log(n), p_flat, g_flat, moms, rmss)
+        return stats, torch.cat([torch.stack(z), shape]), mean_g2
+
+    def _apply(self, theta, stats, clip, bias, step) -> None:
+        """Pass 3 over one tensor: the direction d chunk by chunk, then p += step · d / RMS(d)
+        (``step`` = −η s(f) times the tensor's factor)."""
+        cfg = self.config
+        scale, mean_v, eps, _, p_flat, g_flat, moms, rmss = stats
+        w0 = theta["mlp"]["l0"]["w"]
+        d = torch.empty_like(g_flat, dtype=torch.float32)  # (N,)
+        if use_compiled(self, p_flat.numel()):
+            n_odd = scale.shape[0]
+            first_w_t = (
+                torch.cat([w0[:n_odd], theta["skip"][:, None]], dim=1) * scale[:, None]
+            ).T.contiguous()
+            sum_d2 = K.v2_kernels(tuple(cfg.mom_decays), tuple(cfg.rms_decays))[2](
+                [g_flat, *moms, *rmss, d],
+                g_flat,
+                moms,
+                rmss,
+                clip,
+                torch.stack(eps),
+                1.0 / (torch.stack(mean_v) + EPS_ABS),
+                first_w_t,
+                w0[n_odd : n_odd + len(rmss)],
+                bias,
+                hidden_layers(theta["mlp"]),
+                theta["mlp"]["out"]["w"],
+                d,
+            )
+        else:
+            sum_d2 = torch.zeros((), dtype=torch.float32, device=p_flat.device)
+            for s, e in F.chunks(g_flat.numel(), F.CHUNK):
+                odd = self._odd(g_flat[s:e], [m[s:e] for m in moms], [v[s:e] for v in rmss], clip, eps)
+                even = torch.stack(
+                    [torch.sqrt(v[s:e] * (1.0 / (mv + EPS_ABS))) for v, mv in zip(rmss, mean_v)]
+                )  # (R, B)
+                d[s:e] = direction(theta["mlp"], theta["skip"], odd, scale, even, bias)
+                sum_d2 += torch.dot(d[s:e], d[s:e])
+        coef = step * torch.rsqrt(sum_d2 / max(d.numel(), 1) + EPS_DIR)  # −η s(f) factor / RMS(d)
+        p_flat.add_(d.mul_(coef).to(p_flat.dtype))
