@@ -38,17 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from lopt import serialization
+from lopt.named_tensors import leaf_name, restore_leaf, template_spec, to_host, weakly_typed
+
+_weakly_typed = weakly_typed  # imported from here before
 
 FORMAT = "lopt.checkpoint"
 FORMAT_VERSION = "1"
 _NAME = re.compile(r"ckpt_(\d{8,})\.safetensors")
 _TEMP = re.compile(r"\.ckpt_\d+\.safetensors\.tmp\.(\d+)\.[0-9a-f]+")
-_ROOT = "<root>"  # tensor name of a state that is a single array (keystr gives "")
 
 
 class CheckpointError(Exception):
@@ -91,33 +91,6 @@ def latest(directory: str | os.PathLike) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------ saving
-
-
-def _leaf_name(path: tuple) -> str:
-    return jax.tree_util.keystr(path) or _ROOT
-
-
-def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _to_host(state: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(tensors by leaf name in tree order, key implementation by leaf name)."""
-    named = jax.tree_util.tree_flatten_with_path(state)[0]
-    names = [_leaf_name(path) for path, _ in named]
-    keys = {name: str(jax.random.key_impl(x)) for name, (_, x) in zip(names, named) if _is_key(x)}
-    leaves = [jax.random.key_data(x) if name in keys else x for name, (_, x) in zip(names, named)]
-    tensors = {}
-    for name, x in zip(names, jax.device_get(leaves)):
-        array = np.asarray(x)
-        array = array if array.flags.c_contiguous else array.copy(order="C")
-        if array.dtype not in serialization.CODES:
-            raise ValueError(
-                f"state leaf {name} has dtype {array.dtype}, which a checkpoint cannot store; "
-                f"supported: {sorted(str(d) for d in serialization.CODES)} and typed PRNG keys."
-            )
-        tensors[name] = array
-    return tensors, keys
 
 
 def _config_json(config: Any) -> str:
@@ -166,7 +139,7 @@ def save(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(directory)
-    tensors, keys = _to_host(state)
+    tensors, keys = to_host(state)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -214,36 +187,6 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
         raise CheckpointError(path, err.cause) from None
 
 
-def _template_spec(leaf: Any) -> tuple[tuple[int, ...], str]:
-    if isinstance(leaf, jax.ShapeDtypeStruct | jax.Array | np.ndarray | np.generic):
-        return tuple(leaf.shape), str(leaf.dtype)
-    array = np.asarray(leaf)
-    return array.shape, str(array.dtype)
-
-
-def _weakly_typed(array: np.ndarray) -> jax.Array:
-    """``array`` as a weakly typed jax array (as made from Python scalars), bits unchanged.
-
-    A weak leaf restored as a strong one would promote differently (``weak f32 * bf16`` is bf16,
-    ``f32 * bf16`` is f32) and break exact resumption; lax.full_like keeps a weak template's type.
-    """
-    zero = {"f": 0.0, "i": 0, "u": 0, "c": 0j, "b": False}[array.dtype.kind]
-    weak = jax.vmap(lambda v: lax.full_like(jnp.asarray(zero), v))(jnp.asarray(array).reshape(-1))
-    return weak.reshape(array.shape) if weak.dtype == array.dtype else jnp.asarray(array)
-
-
-def _restore_leaf(leaf: Any, array: np.ndarray, key_impl: str | None) -> Any:
-    if key_impl is not None:
-        return jax.random.wrap_key_data(array, impl=key_impl)
-    if isinstance(leaf, jax.ShapeDtypeStruct | jax.Array):
-        return _weakly_typed(array) if getattr(leaf, "weak_type", False) else jnp.asarray(array)
-    if isinstance(leaf, np.ndarray):
-        return array
-    if isinstance(leaf, np.generic):
-        return array[()]
-    return type(leaf)(array.item())  # Python bool / int / float / complex
-
-
 def _check_leaves(path: Path, names: list[str], template_leaves: list, tensors: dict, keys: dict) -> None:
     missing = [n for n in names if n not in tensors]
     extra = [n for n in tensors if n not in set(names)]
@@ -254,7 +197,7 @@ def _check_leaves(path: Path, names: list[str], template_leaves: list, tensors: 
         )
     problems = []
     for name, leaf in zip(names, template_leaves):
-        shape, dtype = _template_spec(leaf)
+        shape, dtype = template_spec(leaf)
         array = tensors[name]
         if name in keys:
             data = jax.ShapeDtypeStruct(array.shape, array.dtype)
@@ -322,10 +265,10 @@ def restore(path: str | os.PathLike, template: Any, *, expect_config: Any = None
     if expect_config is not None:
         _check_config(path, config, expect_config)
     named, treedef = jax.tree_util.tree_flatten_with_path(template)
-    names = [_leaf_name(p) for p, _ in named]
+    names = [leaf_name(p) for p, _ in named]
     template_leaves = [leaf for _, leaf in named]
     _check_leaves(path, names, template_leaves, tensors, keys)
-    leaves = [_restore_leaf(leaf, tensors[n], keys.get(n)) for n, leaf in zip(names, template_leaves)]
+    leaves = [restore_leaf(leaf, tensors[n], keys.get(n)) for n, leaf in zip(names, template_leaves)]
     return jax.tree_util.tree_unflatten(treedef, leaves), config, step
 
 

@@ -5,7 +5,7 @@
 
 `lopt meta-train` is `tyro` over `MetaTrainConfig`; ``--config path.json`` reads a file of field
 values (a flat JSON object, or the ``config.json`` a run writes), and flags given explicitly on
-the command line override it.
+the command line override it (`lopt.config_files`: configs on disk, and an older run's config).
 """
 
 from __future__ import annotations
@@ -15,7 +15,35 @@ import json
 import os
 from typing import Any
 
+from lopt.config_files import (
+    LEGACY,
+    RETIRED,
+    checkpoint_expectation,
+    explicit_flags,
+    read_config_file,
+    resolve,
+    upgrade_config,
+)
 from lopt.validate import ConfigError, check_choice, check_range, json_tuples
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "GROUP_SAMPLINGS",
+    "OUTER_ADAMW",
+    "RUN_CONTROL",
+    "TUNE_METHODS",
+    "EvalConfig",
+    "MetaTrainConfig",
+    "TuneConfig",
+    # configs on disk (`lopt.config_files`), defined here before
+    "LEGACY",
+    "RETIRED",
+    "checkpoint_expectation",
+    "explicit_flags",
+    "read_config_file",
+    "resolve",
+    "upgrade_config",
+]
 
 OUTER_ADAMW = "adamw"
 
@@ -35,19 +63,6 @@ RUN_CONTROL = (
 # Where a distributed run's estimates are computed (`lopt.distributed`): with staleness 0 the
 # trajectory is the same on any number of workers, or in one process.
 RUN_CONTROL += ("ray", "workers")
-# Fields of older lopt versions that no longer exist (the held-out evaluation during meta-training,
-# replaced by the validation protocol): ignored when an old run's config is read.
-RETIRED = ("eval_every", "eval_suite", "eval_tasks", "eval_steps", "eval_seeds")
-# Fields added with a default that changes the trajectory, and the value an older run (whose
-# config lacks them) was trained with.
-LEGACY = {
-    "objective": "relative",
-    "loss_reference": "zero",
-    "step_weights": "uniform",
-    "shaping": "none",
-    "drop_diverged": False,
-    "group_sampling": "uniform",
-}
 GROUP_SAMPLINGS = ("stratified", "uniform")
 
 
@@ -116,7 +131,13 @@ class MetaTrainConfig:
     staleness: int = 0  # versions of theta an applied estimate may lag (0: synchronous, as one process)
 
     def __post_init__(self):
-        from lopt.estimators.registry import ESTIMATORS
+        self._check_tasks()
+        self._check_estimator()
+        self._check_outer()
+        self._check_objective()
+        self._check_run()
+
+    def _check_tasks(self):
         from lopt.optimizers.learned.registry import LEARNED
         from lopt.tasks.registry import TASKS
         from lopt.tasks.suites import SUITES
@@ -135,10 +156,18 @@ class MetaTrainConfig:
         check_range("reparam[0]", self.reparam[0], 0.0, 10.0)
         check_range("reparam[1]", self.reparam[1], 0.0, 10.0)
         check_range("groups_per_step", self.groups_per_step, 0, self.num_groups)
+
+    def _check_estimator(self):
+        from lopt.estimators.registry import ESTIMATORS
+
         check_range("num_particles", self.num_particles, 1, 1_000_000)
         check_choice("estimator", self.estimator, ESTIMATORS)
         check_range("truncation_length", self.truncation_length, 1, 1_000_000)
         check_range("sigma", self.sigma, 1e-12, 1e6)
+
+    def _check_outer(self):
+        from lopt.optimizers.learned.registry import LEARNED
+
         if self.init_theta and not os.path.isfile(self.init_theta):
             raise ConfigError(
                 f"init_theta={self.init_theta!r} is not a file: give a theta file written by save_theta."
@@ -158,6 +187,8 @@ class MetaTrainConfig:
             from lopt.validation import get_validation_suite
 
             get_validation_suite(self.validation)  # an unknown name lists the valid ones
+
+    def _check_objective(self):
         from lopt.estimators.base import SHAPINGS, SIGMA_SCALES
         from lopt.objective import REFERENCES
         from lopt.unroll import OBJECTIVES, STEP_WEIGHTS
@@ -171,6 +202,8 @@ class MetaTrainConfig:
             raise ConfigError(
                 f"meta_clip={self.meta_clip}: with objective=log it must exceed 1 (the clip is log c)."
             )
+
+    def _check_run(self):
         check_range("log_every", self.log_every, 1, 1_000_000_000)
         check_range("ckpt_every", self.ckpt_every, 0, 1_000_000_000)
         check_range("ckpt_minutes", self.ckpt_minutes, 0.0, 1e9)
@@ -213,83 +246,6 @@ class MetaTrainConfig:
         """The fields that determine theta's trajectory (all but `RUN_CONTROL`): what a checkpoint
         records and what a resumed run must match."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_CONTROL}
-
-
-def checkpoint_expectation(cfg: MetaTrainConfig, saved: dict[str, Any] | None) -> dict[str, Any]:
-    """What a checkpoint's recorded config must equal for ``cfg`` to resume from it: ``cfg.trajectory()``
-    without the fields the checkpoint predates (absent from ``saved``) that hold their default -- a
-    field added to lopt later, whose default reproduces the old behaviour, does not block a resume."""
-    defaults = MetaTrainConfig()
-    if saved is None:
-        return cfg.trajectory()
-    out = {}
-    for k, v in cfg.trajectory().items():
-        if k in saved:
-            out[k] = v
-        elif k in LEGACY:  # the old run was trained with the legacy value: any other value is a mismatch
-            if v != LEGACY[k]:
-                out[k] = v
-        elif v != getattr(defaults, k):
-            out[k] = v
-    out.update({k: saved[k] for k in RETIRED if k in saved})  # old fields: whatever the checkpoint has
-    return out
-
-
-def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """An older run's recorded config as `MetaTrainConfig` fields: retired fields dropped, fields it
-    predates set to the values it was trained with (`LEGACY`)."""
-    out = {k: v for k, v in saved.items() if k not in RETIRED}
-    out.update({k: v for k, v in LEGACY.items() if k not in out})
-    return out
-
-
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Field values from a JSON file: a flat object, or a run's ``config.json`` (``{"config": {...}}``)."""
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except OSError as err:
-        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
-    except ValueError as err:
-        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
-    if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
-        raw = upgrade_config(raw["config"])  # a run's config.json, maybe of an older lopt
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object of MetaTrainConfig fields.")
-    known = {f.name for f in dataclasses.fields(MetaTrainConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"config file {path} has unknown fields {unknown}; valid fields: {sorted(known)}.")
-    return {k: json_tuples(v) for k, v in raw.items()}
-
-
-def resolve(cfg: MetaTrainConfig, config_file: str = "", explicit: set[str] = frozenset()) -> MetaTrainConfig:
-    """``cfg`` (parsed flags) on top of ``config_file``: a flag wins when it was given explicitly
-    (named in ``explicit``) or differs from its default; otherwise the file's value is used."""
-    if not config_file:
-        return cfg
-    defaults = MetaTrainConfig()
-    values = read_config_file(config_file)
-    for f in dataclasses.fields(MetaTrainConfig):
-        mine = getattr(cfg, f.name)
-        if f.name in explicit or mine != getattr(defaults, f.name):
-            values[f.name] = mine
-    return MetaTrainConfig(**values)
-
-
-def explicit_flags(argv: list[str]) -> set[str]:
-    """Field names of the ``--flag`` / ``--flag=value`` / ``--no-flag`` tokens in ``argv``."""
-    names = {f.name for f in dataclasses.fields(MetaTrainConfig)}
-    found = set()
-    for token in argv:
-        if not token.startswith("--"):
-            continue
-        name = token[2:].split("=", 1)[0].replace("-", "_")
-        if name in names:
-            found.add(name)
-        elif name.startswith("no_") and name[3:] in names:
-            found.add(name[3:])
-    return found
 
 
 # --- lopt eval (lopt.report) ---------------------------------------------------------------------

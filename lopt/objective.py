@@ -1,6 +1,9 @@
-r"""The reference loss L_ref of each task group's meta-objective: a good loss, from tuned Adam.
+r"""The meta-objective of `lopt.unroll`: the normalized meta-loss ℓ (`normalize_meta_loss`), the
+step weights (`step_weight`), metrics binned by episode phase (`phase_bins`), all as written in
+`lopt.unroll`'s docstring; and the reference loss L_ref of each task group: a good loss, from
+tuned Adam.
 
-The meta-loss of `lopt.unroll` is a function of the relative excess loss
+The meta-loss is a function of the relative excess loss
 x = (L − L_ref) / |L_0 − L_ref|. With L_ref = 0 (``reference="zero"``) a language model whose
 loss cannot go below ~1.5 nats, or a VAE floored near its data's entropy, sits at x ≈ 0.3-0.5
 however good the optimizer is, and a flow whose loss goes negative leaves the range altogether.
@@ -20,14 +23,21 @@ defines.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lopt.tasks.base import TaskConfig, TaskFamily
 from lopt.validate import check_choice
 
+OBJECTIVES = ("relative", "log")
+STEP_WEIGHTS = ("uniform", "ramp", "final")
+LOG_FLOOR = 1e-3  # x_min of the "log" objective: relative excess losses below it count as it
+FINAL_FRACTION = 0.25  # the "final" step weights cover the last quarter of each episode
+NORM_EPS = 1e-6  # ε of the normalization: keeps the scale positive when L_0 = L_ref
 REFERENCES = ("zero", "adam")
 REFERENCE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # Adam learning rates tried per group
 REFERENCE_MARGIN = 0.1  # m: L_ref sits this fraction of Adam's progress below Adam's final loss
@@ -62,3 +72,47 @@ def group_reference(
         return 0.0
     best, init = float(np.min(scores)), init_loss(result, "outer_valid")
     return best - REFERENCE_MARGIN * max(init - best, 0.0)
+
+
+def normalize_meta_loss(
+    loss: jax.Array,
+    init_loss: jax.Array,
+    reference: float = 0.0,
+    clip: float = 3.0,
+    objective: str = "relative",
+) -> jax.Array:
+    """ℓ of the module docstring: x = (L − L_ref) / (|L_0 − L_ref| + ε); ``"relative"``: clip(x, −c, c),
+    ``"log"``: clip(log max(x, x_min), log x_min, log c); NaN and ±inf map to the upper clip."""
+    scale = jnp.abs(init_loss - reference) + NORM_EPS
+    x = (loss - reference) / scale
+    if objective == "log":
+        hi = math.log(clip)
+        y = jnp.log(jnp.maximum(x, LOG_FLOOR))
+        return jnp.clip(jnp.where(jnp.isfinite(x), y, hi), math.log(LOG_FLOOR), hi)
+    return jnp.clip(jnp.where(jnp.isfinite(x), x, clip), -clip, clip)
+
+
+def step_weight(step: jax.Array, horizon: jax.Array, kind: str = "uniform") -> jax.Array:
+    """w(s, H) of the module docstring for steps s in 1..H: theta-free, Σ_{s=1}^{H} w = H."""
+    s = jnp.asarray(step, jnp.float32)
+    h = jnp.maximum(jnp.asarray(horizon, jnp.float32), 1.0)
+    if kind == "ramp":
+        return 2.0 * s / (h + 1.0)
+    if kind == "final":
+        n = jnp.ceil(FINAL_FRACTION * h)
+        return jnp.where(s > h - n, h / n, 0.0)
+    return jnp.ones_like(s)
+
+
+def phase_bins(
+    meta_loss: jax.Array, phase: jax.Array, num_bins: int = 4, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(sums, counts), each (num_bins,): ℓ summed and counted by episode phase s/H in the bins
+    (0, 1/B], (1/B, 2/B], ..., over the steps where ``mask`` (default: all), so runs and configs can
+    be compared at the same point of training."""
+    idx = jnp.clip(jnp.ceil(phase * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1).ravel()
+    w = jnp.ones(meta_loss.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    onehot = (idx[:, None] == jnp.arange(num_bins)[None]).astype(jnp.float32) * w.ravel()[
+        :, None
+    ]  # no scatter
+    return jnp.sum(onehot * meta_loss.ravel()[:, None], axis=0), jnp.sum(onehot, axis=0)

@@ -82,17 +82,41 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt.objective import (
+    FINAL_FRACTION,
+    LOG_FLOOR,
+    NORM_EPS,
+    OBJECTIVES,
+    STEP_WEIGHTS,
+    normalize_meta_loss,
+    phase_bins,
+    step_weight,
+)
 from lopt.tasks.base import Task, TaskFamily
 from lopt.validate import check_choice, check_range
 
 PyTree = Any
 
+__all__ = [
+    "KEYS_PER_STEP",
+    "META_SPLITS",
+    "UnrollOutput",
+    "UnrollState",
+    "Unroller",
+    "first_segment",
+    "restart_chunk",
+    # the meta-objective's pieces (`lopt.objective`), defined here before
+    "FINAL_FRACTION",
+    "LOG_FLOOR",
+    "NORM_EPS",
+    "OBJECTIVES",
+    "STEP_WEIGHTS",
+    "normalize_meta_loss",
+    "phase_bins",
+    "step_weight",
+]
+
 META_SPLITS = ("outer_valid", "train")
-OBJECTIVES = ("relative", "log")
-STEP_WEIGHTS = ("uniform", "ramp", "final")
-LOG_FLOOR = 1e-3  # x_min of the "log" objective: relative excess losses below it count as it
-FINAL_FRACTION = 0.25  # the "final" step weights cover the last quarter of each episode
-NORM_EPS = 1e-6  # ε of the normalization: keeps the scale positive when L_0 = L_ref
 KEYS_PER_STEP = 7  # inner-valid batch and loss, train batch and loss, meta batch and loss, restart
 
 
@@ -119,50 +143,6 @@ class UnrollOutput(NamedTuple):
     finite: jax.Array  # bool: the training loss and the raw meta-loss were finite
     weight: jax.Array  # float32: the step's weight w(s, H) in the meta-loss (theta-free; mean 1 per episode)
     phase: jax.Array  # float32: s / H, the step's place in its episode, in (0, 1]
-
-
-def normalize_meta_loss(
-    loss: jax.Array,
-    init_loss: jax.Array,
-    reference: float = 0.0,
-    clip: float = 3.0,
-    objective: str = "relative",
-) -> jax.Array:
-    """ℓ of the module docstring: x = (L − L_ref) / (|L_0 − L_ref| + ε); ``"relative"``: clip(x, −c, c),
-    ``"log"``: clip(log max(x, x_min), log x_min, log c); NaN and ±inf map to the upper clip."""
-    scale = jnp.abs(init_loss - reference) + NORM_EPS
-    x = (loss - reference) / scale
-    if objective == "log":
-        hi = math.log(clip)
-        y = jnp.log(jnp.maximum(x, LOG_FLOOR))
-        return jnp.clip(jnp.where(jnp.isfinite(x), y, hi), math.log(LOG_FLOOR), hi)
-    return jnp.clip(jnp.where(jnp.isfinite(x), x, clip), -clip, clip)
-
-
-def step_weight(step: jax.Array, horizon: jax.Array, kind: str = "uniform") -> jax.Array:
-    """w(s, H) of the module docstring for steps s in 1..H: theta-free, Σ_{s=1}^{H} w = H."""
-    s = jnp.asarray(step, jnp.float32)
-    h = jnp.maximum(jnp.asarray(horizon, jnp.float32), 1.0)
-    if kind == "ramp":
-        return 2.0 * s / (h + 1.0)
-    if kind == "final":
-        n = jnp.ceil(FINAL_FRACTION * h)
-        return jnp.where(s > h - n, h / n, 0.0)
-    return jnp.ones_like(s)
-
-
-def phase_bins(
-    meta_loss: jax.Array, phase: jax.Array, num_bins: int = 4, mask: jax.Array | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """(sums, counts), each (num_bins,): ℓ summed and counted by episode phase s/H in the bins
-    (0, 1/B], (1/B, 2/B], ..., over the steps where ``mask`` (default: all), so runs and configs can
-    be compared at the same point of training."""
-    idx = jnp.clip(jnp.ceil(phase * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1).ravel()
-    w = jnp.ones(meta_loss.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    onehot = (idx[:, None] == jnp.arange(num_bins)[None]).astype(jnp.float32) * w.ravel()[
-        :, None
-    ]  # no scatter
-    return jnp.sum(onehot * meta_loss.ravel()[:, None], axis=0), jnp.sum(onehot, axis=0)
 
 
 def first_segment(done: jax.Array) -> jax.Array:
