@@ -157,6 +157,40 @@ def export_theta(run: str, out: str, /) -> None:
     console.print(f"theta of {trainer.learned.name} at outer step {step} written to {out}")
 
 
+def export_run(run: str, dest: str, /, every: int = 10) -> None:
+    """Copy the portable part of a meta-training run (configs, best and last theta, the newest
+    portable checkpoint, thinned metrics): what another machine needs to continue it.
+
+    Args:
+        run: a `lopt meta-train` output directory.
+        dest: the directory to write (e.g. docs/meta-runs/NAME).
+        every: keep every N-th metrics row (and all validations).
+    """
+    from lopt.meta_train.export import export_run as export
+
+    for path in export(run, dest, every):
+        console.print(f"{path} ({path.stat().st_size / 1e3:.0f} kB)")
+
+
+def curves(
+    runs: tuple[str, ...], /, budgets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0), out: str = ""
+) -> None:
+    """Validation curves of meta-training runs: the best score within CPU budgets, as a table (and
+    curves.md, curves.json, validation.png with --out).
+
+    Args:
+        runs: run directories (name=DIR to label them).
+        budgets: CPU-hours.
+        out: write curves.md, curves.json and validation.png here.
+    """
+    from lopt.meta_train.curves import validation_curves
+    from lopt.validate import ConfigError
+
+    if not runs:
+        raise ConfigError("name at least one run directory (name=DIR to label it).")
+    validation_curves(runs, budgets, out)
+
+
 def validate(
     candidates: tuple[str, ...], /, validation: str = "valid", long: bool = False, out: str = "runs/select"
 ) -> None:
@@ -203,6 +237,8 @@ COMMANDS: dict[str, dict[str, Callable]] = {
     "report": {"": report},
     "meta-train": {"": meta_train},
     "export-theta": {"": export_theta},
+    "export-run": {"": export_run},
+    "curves": {"": curves},
     "validate": {"": validate},
     "tune": {"": tune},
 }

@@ -1,6 +1,6 @@
 """Validation curves of meta-training runs: score against CPU time, read from ``metrics.jsonl``.
 
-    python -m lopt.meta_train.curves runs/a runs/b --out docs/ablations   # table + figure
+    lopt curves runs/a runs/b --out docs/ablations       # table + figure (`validation_curves`)
 
 For each run: the validation rows (step, CPU-hours, score, wins) and the best score reached within
 CPU budgets (the theta a run would have kept, `best.safetensors`, had it stopped there).
@@ -8,9 +8,9 @@ CPU budgets (the theta a run would have kept, `best.safetensors`, had it stopped
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +35,23 @@ def best_within(rows: list[dict], cpu_hours: float, key: str = "valid/score") ->
     return min(inside, key=lambda r: r[key]) if inside else None
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories (name=DIR to label them)")
-    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="CPU-hours")
-    parser.add_argument("--out", default="", help="write curves.md, curves.json and validation.png here")
-    args = parser.parse_args(argv)
+def validation_curves(
+    runs: tuple[str, ...], budgets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0), out: str = ""
+) -> dict:
+    """Print the table of the best score within each CPU budget of each run; with ``out``, write
+    ``curves.md``, ``curves.json`` and ``validation.png`` there. Returns curves, table and budgets.
+
+    Args:
+        runs: run directories (name=DIR to label them).
+        budgets: CPU-hours.
+        out: write curves.md, curves.json and validation.png here.
+    """
     from lopt.report import figures
     from lopt.report.render import table
 
     curves, body = {}, []
-    header = ["run", *(f"best score within {b:g} CPU-h (step)" for b in args.budgets), "CPU-h run"]
-    for spec in args.runs:
+    header = ["run", *(f"best score within {b:g} CPU-h (step)" for b in budgets), "CPU-h run"]
+    for spec in runs:
         name, _, path = (
             spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
         )
@@ -60,24 +65,28 @@ def main(argv: list[str] | None = None) -> dict:
             "wins_global": [r["valid/wins_global"] for r in rows],
             "global_score": rows[0]["valid/global_score"],
         }
-        cells = []
-        for b in args.budgets:
-            best = best_within(rows, b)
-            cells.append(
-                "-"
-                if best is None or rows[-1]["cpu_seconds"] < b * 3600 * 0.98
-                else f"{best['valid/score']:.4f} ({best['step']})"
-            )
-        body.append([name, *cells, f"{rows[-1]['cpu_seconds'] / 3600:.2f}"])
+        body.append(
+            [name, *(_budget_cell(rows, b) for b in budgets), f"{rows[-1]['cpu_seconds'] / 3600:.2f}"]
+        )
     text = table(header, body).rstrip("\n")
     print(text)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        Path(args.out, "curves.md").write_text(text + "\n")
-        Path(args.out, "curves.json").write_text(json.dumps(curves, indent=1) + "\n")
-        figures.validation_figure(os.path.join(args.out, "validation.png"), curves)
-    return {"curves": curves, "table": text, "budgets": np.asarray(args.budgets).tolist()}
+    if out:
+        os.makedirs(out, exist_ok=True)
+        Path(out, "curves.md").write_text(text + "\n")
+        Path(out, "curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+        figures.validation_figure(os.path.join(out, "validation.png"), curves)
+    return {"curves": curves, "table": text, "budgets": np.asarray(budgets).tolist()}
 
 
-if __name__ == "__main__":
-    main()
+def _budget_cell(rows: list[dict], budget: float) -> str:
+    """The best score within ``budget`` CPU-hours and its step; - if the run did not get that far."""
+    best = best_within(rows, budget)
+    if best is None or rows[-1]["cpu_seconds"] < budget * 3600 * 0.98:
+        return "-"
+    return f"{best['valid/score']:.4f} ({best['step']})"
+
+
+if __name__ == "__main__":  # the earlier entry point: `lopt curves`
+    from lopt.cli import main
+
+    main(["curves", *sys.argv[1:]])

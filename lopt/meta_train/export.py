@@ -1,6 +1,6 @@
 """Export the portable part of a meta-training run: what another machine needs to continue it.
 
-    python -m lopt.meta_train.export runs/meta docs/meta-runs/meta     # then, elsewhere:
+    lopt export-run runs/meta docs/meta-runs/meta     # then, elsewhere:
     cp -r docs/meta-runs/meta runs/meta && lopt meta-train --config runs/meta/config.json --out runs/meta --resume
 
 Copies ``config.json``, ``references.json`` (the groups' L_ref), ``best.safetensors`` and
@@ -12,9 +12,9 @@ particles' inner state, 10-100 MB). The resumed run restarts its particles (not 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from lopt.checkpoint import latest
@@ -46,17 +46,7 @@ def export_run(run: str, dest: str, every: int = 10) -> list[Path]:
     return [*written, out / "metrics.jsonl"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("run")
-    parser.add_argument("dest")
-    parser.add_argument(
-        "--every", type=int, default=10, help="keep every N-th metrics row (and all validations)"
-    )
-    args = parser.parse_args(argv)
-    for path in export_run(args.run, args.dest, args.every):
-        print(f"{path} ({path.stat().st_size / 1e3:.0f} kB)")
+if __name__ == "__main__":  # the earlier entry point: `lopt export-run`
+    from lopt.cli import main
 
-
-if __name__ == "__main__":
-    main()
+    main(["export-run", *sys.argv[1:]])
