@@ -3,6 +3,7 @@ sha256 and atomic writes. Checkpoints (`lopt.checkpoint`) and theta files (`lopt
 
     write(path, {"w": array}, {"format": "lopt.theta", ...})      # atomic; adds metadata["sha256"]
     metadata, tensors = read(path)                               # checks the layout and the sha256
+    atomic_write(path, data); write_json(path, value)            # any other file lopt writes whole
 
 Encoding and decoding are the `safetensors` library's (``serialize`` / ``deserialize``: every
 dtype it knows, bfloat16 and float8 included, bits unchanged). lopt adds:
@@ -28,6 +29,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -116,6 +118,11 @@ def atomic_write(
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    """``value`` as JSON (indent 1, a final newline), written with `atomic_write`; returns ``path``."""
+    return atomic_write(path, (json.dumps(value, indent=1) + "\n").encode())
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -31,10 +31,10 @@ from lopt.meta_train.run_dir import (
     save_checkpoints,
     validation_line,
     write_config,
-    write_json,
 )
 from lopt.meta_train.trainer import MetaTrainer
 from lopt.optimizers.learned import save_theta
+from lopt.serialization import write_json
 from lopt.validation import Validator, get_validation_suite
 
 __all__ = ["PortableState", "meta_train", "portable"]  # the portable part: imported from here before

@@ -34,7 +34,7 @@ from lopt.config import MetaTrainConfig, checkpoint_expectation
 from lopt.meta_train.outer import OuterState
 from lopt.meta_train.trainer import MetaTrainer
 from lopt.optimizers.learned import LearnedOptimizer, save_theta
-from lopt.serialization import atomic_write
+from lopt.serialization import write_json
 from lopt.validate import ConfigError
 
 REFERENCES = (
@@ -243,8 +243,3 @@ def _read_best(out: Path) -> dict | None:
         return json.loads((out / "best.json").read_text())
     except (OSError, ValueError):
         return None
-
-
-def write_json(path: Path, value: dict) -> None:
-    """``value`` as indented JSON, written atomically (`lopt.serialization.atomic_write`)."""
-    atomic_write(path, (json.dumps(value, indent=1) + "\n").encode())

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.evaluate import EVAL_SPLITS, Curves, evaluate_hparams, timed
+from lopt.serialization import atomic_write
 from lopt.tasks.base import Task
 from lopt.tuning.searches import Search
 from lopt.validate import ConfigError
@@ -73,21 +74,27 @@ def _cache_path(cache: str, task: Task, search: Search, config: dict) -> str:
     return os.path.join(cache, f"{slug}-{h.hexdigest()[:16]}.npz")
 
 
+def _cache_entry(
+    cache: str | None, task: Task, search: Search, num_steps, num_seeds, eval_every, eval_batches, seed
+) -> str | None:
+    """The cache file of a `run_search` (None without a cache)."""
+    if not cache:
+        return None
+    config = dict(
+        _static(num_steps, num_seeds, eval_every, eval_batches), eval_splits=list(EVAL_SPLITS), seed=seed
+    )
+    return _cache_path(cache, task, search, config)
+
+
 def _save_npz(path: str, result: SearchResult) -> None:
-    """Write atomically: a temporary file in the same directory, then `os.replace`."""
+    """Write atomically (`lopt.serialization.atomic_write`)."""
     c = result.curves
     arrays = {"train_loss": c.train_loss, "eval_steps": c.eval_steps, "diverged_step": c.diverged_step}
     arrays.update({f"eval/{s}/{m}": v for s, ms in c.eval.items() for m, v in ms.items()})
     meta = json.dumps({"task": result.task, "search": result.search, "seconds": result.seconds})
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.asarray(meta), **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.asarray(meta), **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write(path, buffer.getvalue())
 
 
 def _load_npz(path: str) -> SearchResult:
@@ -156,10 +163,7 @@ def run_search(
     seed); ``require_cache=True`` raises instead of running when the entry is missing. ``compiled``
     is the output of `compile_search` with the same arguments (else the program is compiled here).
     """
-    config = dict(
-        _static(num_steps, num_seeds, eval_every, eval_batches), eval_splits=list(EVAL_SPLITS), seed=seed
-    )
-    path = _cache_path(cache, task, search, config) if cache else None
+    path = _cache_entry(cache, task, search, num_steps, num_seeds, eval_every, eval_batches, seed)
     if path and os.path.exists(path):
         return _load_npz(path)
     if require_cache:
@@ -198,7 +202,5 @@ def is_cached(
     **_,
 ) -> bool:
     """Whether `run_search` with these arguments would read the cache."""
-    config = dict(
-        _static(num_steps, num_seeds, eval_every, eval_batches), eval_splits=list(EVAL_SPLITS), seed=seed
-    )
-    return bool(cache) and os.path.exists(_cache_path(cache, task, search, config))
+    path = _cache_entry(cache, task, search, num_steps, num_seeds, eval_every, eval_batches, seed)
+    return path is not None and os.path.exists(path)

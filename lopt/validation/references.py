@@ -19,11 +19,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from lopt.serialization import write_json
 from lopt.tasks.base import Task
 from lopt.validation.runs import EVAL_BATCHES, PROTOCOL_VERSION, final_losses
 from lopt.validation.suite import ValidationSuite
@@ -97,7 +97,7 @@ def references(
             if stored.get("fingerprint") == key:
                 return stored
     result = {"fingerprint": key, "suite": vs.name, **compute(vs, tasks, steps, progress)}
-    _write_json(_cache_file(cache, name), result)
+    write_json(_cache_file(cache, name), result)
     return result
 
 
@@ -105,17 +105,3 @@ def _cache_file(cache: str | None, name: str) -> str:
     from lopt.tuning import default_cache_dir
 
     return os.path.join(cache or default_cache_dir(), "validation", name)
-
-
-def _write_json(path: str, value: Any) -> None:
-    """Atomically: a temporary file beside it, then `os.replace`."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
