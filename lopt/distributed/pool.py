@@ -24,6 +24,7 @@ dtype, or with a NaN or infinity, is ignored and counted (`rejected`); a worker 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
@@ -117,8 +118,22 @@ class WorkerPool:
         slot = self.slots[w]
         core = None if self.cores is None else self.cores[w % len(self.cores)]
         faults = self.faults.get(w) if slot.incarnation == 0 else None  # a replacement is healthy
-        slot.actor = self.remote.remote(self.config, w, slot.incarnation, slot.groups, core, faults)
+        env = {name: str(self.threads(core)) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        options = {"runtime_env": {"env_vars": env}}
+        slot.actor = self.remote.options(**options).remote(
+            self.config, w, slot.incarnation, slot.groups, core, faults
+        )
         slot.pid, slot.inflight, slot.last_version, slot.repeats, slot.bad = 0, None, -1, 0, 0
+
+    def threads(self, core: int | None) -> int:
+        """BLAS threads of a worker: 1 on a core of its own, else its share of this machine's cores.
+
+        Ray sets OMP_NUM_THREADS=1 in a one-CPU actor, so the OpenBLAS behind XLA's LAPACK calls
+        (the quadratic family's ``jnp.linalg.qr``: ~15% of benchmarks/distributed.py's step on one
+        core, by perf) ran on one thread in a worker that had every core, where the single process
+        uses them all. More
+        BLAS threads than free cores is worse still: OpenBLAS waits by yielding its core."""
+        return 1 if core is not None else max(1, (os.cpu_count() or 1) // len(self.slots))
 
     def pids(self) -> list[int]:
         """The workers' process ids (waits for workers that are starting)."""
