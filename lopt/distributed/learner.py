@@ -35,9 +35,19 @@ from lopt.distributed.validation import ValidationActor
 from lopt.distributed.wire import from_host, to_host
 from lopt.meta_train.metrics_log import StepBar, StepLog
 from lopt.meta_train.outer import OuterState
-from lopt.meta_train.run_dir import BestTheta, open_run, save_checkpoints, validation_line, write_config
+from lopt.meta_train.run_dir import (
+    REFERENCES,
+    BestTheta,
+    open_run,
+    read_references,
+    references,
+    save_checkpoints,
+    validation_line,
+    write_config,
+)
 from lopt.meta_train.trainer import MetaTrainer
 from lopt.optimizers.learned import save_theta
+from lopt.serialization import write_json
 from lopt.validate import ConfigError
 
 
@@ -65,22 +75,24 @@ def meta_train_distributed(
         )
     ray = require_ray()
     t_first = time.perf_counter()
-    trainer = MetaTrainer.from_config(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = MetaTrainer.from_config(cfg, references=read_references(out, cfg) if cfg.resume else None)
     assign_groups(
         [float(est.inner_steps_per_estimate()) for est in trainer.estimators], cfg.workers
     )  # checks N
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     state = trainer.init(
         jax.random.key(cfg.seed)
     )  # the single-process init: its estimator states go to the workers
     state, start, manager = open_run(cfg, out, state, console)
+    write_json(out / REFERENCES, references(cfg, trainer))  # after open_run's checks, as meta_train
     write_config(out, cfg, trainer)
     started = connect(cfg.ray, num_cpus=cfg.workers + 1)
     pool = validator = None
     try:
         check_capacity(cfg.workers + (1 if cfg.validate_every else 0))
-        wire_config = dataclasses.asdict(cfg)
+        # the workers use the learner's loss references (recorded ones on a resume), never their own
+        wire_config = {**dataclasses.asdict(cfg), "references": references(cfg, trainer)["references"]}
         pool = WorkerPool(
             wire_config, trainer, cfg.workers, cfg.staleness, cores=cores, faults=faults, console=console
         )

@@ -22,7 +22,9 @@ class ValidationActor:
 
         if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
             jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/lopt/jax"))
-        cfg = MetaTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+        cfg = MetaTrainConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "references"}
+        )
         self.long = cfg.validate_long
         self.validator = Validator(get_validation_suite(cfg.validation), cfg.build_learned())
 

@@ -47,8 +47,12 @@ class Worker:
 
         if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # as `lopt meta-train`: compiled programs persist
             jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/lopt/jax"))
-        cfg = MetaTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-        self.program = WorkerProgram(MetaTrainer.from_config(cfg), tuple(groups))
+        cfg = MetaTrainConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "references"}
+        )
+        self.program = WorkerProgram(
+            MetaTrainer.from_config(cfg, references=config.get("references")), tuple(groups)
+        )
         self.worker, self.incarnation, self.seq = worker, incarnation, 0
         self.faults = {k: set(v) for k, v in (faults or {}).items() if k in FAULTS}
         self.states: Any = None
