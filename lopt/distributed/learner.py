@@ -76,17 +76,7 @@ def meta_train_distributed(
     ray = require_ray()
     t_first = time.perf_counter()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = MetaTrainer.from_config(cfg, references=read_references(out, cfg) if cfg.resume else None)
-    assign_groups(
-        [float(est.inner_steps_per_estimate()) for est in trainer.estimators], cfg.workers
-    )  # checks N
-    state = trainer.init(
-        jax.random.key(cfg.seed)
-    )  # the single-process init: its estimator states go to the workers
-    state, start, manager = open_run(cfg, out, state, console)
-    write_json(out / REFERENCES, references(cfg, trainer))  # after open_run's checks, as meta_train
-    write_config(out, cfg, trainer)
+    trainer, state, start, manager = _open(cfg, out, console)
     started = connect(cfg.ray, num_cpus=cfg.workers + 1)
     pool = validator = None
     try:
@@ -117,8 +107,71 @@ def meta_train_distributed(
             ray.shutdown()
 
 
+def _open(cfg: MetaTrainConfig, out: Path, console: Console):
+    """(trainer, state, start step, checkpoint manager) of the run in ``out``: built as `meta_train`
+    builds it (the recorded loss references on a resume), resumed or refused by `open_run`."""
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = MetaTrainer.from_config(cfg, references=read_references(out, cfg) if cfg.resume else None)
+    assign_groups(
+        [float(est.inner_steps_per_estimate()) for est in trainer.estimators], cfg.workers
+    )  # checks N
+    # the single-process init: its estimator states go to the workers
+    state = trainer.init(jax.random.key(cfg.seed))
+    state, start, manager = open_run(cfg, out, state, console)
+    write_json(out / REFERENCES, references(cfg, trainer))  # after open_run's checks, as meta_train
+    write_config(out, cfg, trainer)
+    return trainer, state, start, manager
+
+
+class _Validations:
+    """Validations in flight on the validation actor (none without one): results logged, best kept."""
+
+    def __init__(self, ray, validator, steps: StepLog, best: BestTheta, console: Console):
+        self.ray, self.validator, self.steps, self.best, self.console = ray, validator, steps, best, console
+        self.waiting: dict = {}  # ObjectRef -> theta (host) of a validation in flight
+        self.score = math.nan
+
+    def submit(self, step: int, theta) -> None:
+        if self.validator is not None:
+            host = to_host(theta)
+            self.waiting[self.validator.validate.remote(step, host)] = host
+
+    def finish(self, block: bool) -> None:
+        while self.waiting:
+            done, _ = self.ray.wait(list(self.waiting), num_returns=1, timeout=None if block else 0)
+            if not done:
+                return
+            theta = self.waiting.pop(done[0])
+            step, metrics = self.ray.get(done[0])
+            self.steps.write_validation(step, metrics)
+            self.score = metrics["valid/score"]
+            improved = self.best.update(step, metrics, from_host(theta))
+            self.console.print(validation_line(step, metrics, improved))
+
+
+def _apply(step: int, last: bool, lstate: OuterState, learner: LearnerProgram, pool: WorkerPool, manager):
+    """One outer update from the estimates the pool collects; theta published for the next one.
+    Returns (state, metrics, the estimates used, whether to checkpoint, the workers' states then)."""
+    chosen = pool.collect()
+    grads = tuple(msg.grads[i] for msg, i in chosen)
+    group_metrics = tuple(msg.metrics[i] for msg, i in chosen)
+    lstate, metrics = learner.update(lstate, grads, group_metrics)
+    save_now = manager.should_save(step) or last
+    # a checkpoint's worker states are asked for before the next estimate advances them
+    states = pool.get_states() if save_now else None
+    if not last:  # the workers estimate on the new theta while the learner logs and saves
+        pool.publish(lstate)
+    c = pool.counters
+    metrics = {
+        **metrics,
+        "dist/staleness": sum(step - 1 - msg.version for msg, _ in chosen) / len(chosen),
+        "dist/worker_seconds": max(msg.seconds for msg, _ in chosen),
+        **{f"dist/{k}": v for k, v in dataclasses.asdict(c).items()},
+    }
+    return lstate, metrics, chosen, save_now, states
+
+
 def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, progress, t_first, on_step):
-    ray = pool.ray
     learner = LearnerProgram(trainer)
     lstate = state._replace(estimator_states=())
     inner_per_step = trainer.inner_steps_per_outer_step()
@@ -131,70 +184,34 @@ def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, pr
         first_label="build, start workers, compile, run",
     )
     audit = _Audit(out / "estimates.jsonl", start)
-    best = BestTheta(out, trainer.learned, start)
-    waiting: dict = {}  # ObjectRef -> theta (host) of a validation in flight
-    score = math.nan
-
-    def submit_validation(step: int) -> None:
-        theta = to_host(lstate.theta)
-        waiting[validator.validate.remote(step, theta)] = theta
-
-    def finish_validations(block: bool) -> None:
-        nonlocal score
-        while waiting:
-            done, _ = ray.wait(list(waiting), num_returns=1, timeout=None if block else 0)
-            if not done:
-                return
-            theta = waiting.pop(done[0])
-            step, metrics = ray.get(done[0])
-            steps.write_validation(step, metrics)
-            score = metrics["valid/score"]
-            improved = best.update(step, metrics, from_host(theta))
-            console.print(validation_line(step, metrics, improved))
-
+    vals = _Validations(pool.ray, validator, steps, BestTheta(out, trainer.learned, start), console)
     pool.publish(lstate)
     try:
-        if validator is not None and start == 0:
-            submit_validation(0)
-        with StepBar(console, progress, cfg.num_steps, start, inner_per_step, score) as bar:
+        if start == 0:
+            vals.submit(0, lstate.theta)
+        with StepBar(console, progress, cfg.num_steps, start, inner_per_step, vals.score) as bar:
             for step in range(start + 1, cfg.num_steps + 1):
-                chosen = pool.collect()
-                grads = tuple(msg.grads[i] for msg, i in chosen)
-                group_metrics = tuple(msg.metrics[i] for msg, i in chosen)
-                lstate, metrics = learner.update(lstate, grads, group_metrics)
                 last = step == cfg.num_steps
-                save_now = manager.should_save(step) or last
-                # a checkpoint's worker states are asked for before the next estimate advances them
-                states = pool.get_states() if save_now else None
-                if not last:  # the workers estimate on the new theta while the learner logs and saves
-                    pool.publish(lstate)
+                lstate, metrics, chosen, save_now, states = _apply(step, last, lstate, learner, pool, manager)
                 audit.add(step, chosen)
-                c = pool.counters
-                metrics = {
-                    **metrics,
-                    "dist/staleness": sum(step - 1 - msg.version for msg, _ in chosen) / len(chosen),
-                    "dist/worker_seconds": max(msg.seconds for msg, _ in chosen),
-                    **{f"dist/{k}": v for k, v in dataclasses.asdict(c).items()},
-                }
                 steps.add(step, metrics)
-                if validator is not None and (step % cfg.validate_every == 0 or last):
-                    submit_validation(step)
-                if (
-                    save_now
-                ):  # the workers' states after this step (synchronous: exactly the single-process state)
+                if cfg.validate_every and (step % cfg.validate_every == 0 or last):
+                    vals.submit(step, lstate.theta)
+                if save_now:  # the workers' states after this step (synchronous: the single-process state)
                     audit.flush()  # every update a checkpoint holds is in estimates.jsonl first
-                    full = lstate._replace(estimator_states=from_host(states))
-                    save_checkpoints(manager, out, step, full, cfg)
+                    save_checkpoints(
+                        manager, out, step, lstate._replace(estimator_states=from_host(states)), cfg
+                    )
                 if on_step is not None:
                     on_step(step, pool)
                 if not steps.due(step, cfg.log_every, last or save_now):
                     continue
                 rate, loss = steps.write_pending(step, console)
-                finish_validations(block=False)
+                vals.finish(block=False)
                 steps.flush()
                 audit.flush()
-                bar.show(step, rate, loss, score)
-        finish_validations(block=True)
+                bar.show(step, rate, loss, vals.score)
+        vals.finish(block=True)
         steps.flush()
     finally:
         steps.close()
