@@ -36,18 +36,14 @@ from lopt.distributed.wire import from_host, to_host
 from lopt.meta_train.metrics_log import StepBar, StepLog
 from lopt.meta_train.outer import OuterState
 from lopt.meta_train.run_dir import (
-    REFERENCES,
     BestTheta,
+    build_trainer,
     open_run,
-    read_references,
-    references,
     save_checkpoints,
     validation_line,
     write_config,
 )
-from lopt.meta_train.trainer import MetaTrainer
 from lopt.optimizers.learned import save_theta
-from lopt.serialization import write_json
 from lopt.validate import ConfigError
 
 
@@ -82,7 +78,10 @@ def meta_train_distributed(
     try:
         check_capacity(cfg.workers + (1 if cfg.validate_every else 0))
         # the workers use the learner's loss references (recorded ones on a resume), never their own
-        wire_config = {**dataclasses.asdict(cfg), "references": references(cfg, trainer)["references"]}
+        wire_config = {
+            **dataclasses.asdict(cfg),
+            "references": [est.loss_reference for est in trainer.estimators],
+        }
         pool = WorkerPool(
             wire_config, trainer, cfg.workers, cfg.staleness, cores=cores, faults=faults, console=console
         )
@@ -110,16 +109,14 @@ def meta_train_distributed(
 def _open(cfg: MetaTrainConfig, out: Path, console: Console):
     """(trainer, state, start step, checkpoint manager) of the run in ``out``: built as `meta_train`
     builds it (the recorded loss references on a resume), resumed or refused by `open_run`."""
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = MetaTrainer.from_config(cfg, references=read_references(out, cfg) if cfg.resume else None)
+    trainer = build_trainer(cfg, out)
     assign_groups(
         [float(est.inner_steps_per_estimate()) for est in trainer.estimators], cfg.workers
     )  # checks N
     # the single-process init: its estimator states go to the workers
     state = trainer.init(jax.random.key(cfg.seed))
     state, start, manager = open_run(cfg, out, state, console)
-    write_json(out / REFERENCES, references(cfg, trainer))  # after open_run's checks, as meta_train
-    write_config(out, cfg, trainer)
+    write_config(out, cfg, trainer)  # after open_run's checks, as meta_train
     return trainer, state, start, manager
 
 

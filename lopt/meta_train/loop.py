@@ -21,20 +21,17 @@ from lopt.config import MetaTrainConfig
 from lopt.meta_train.metrics_log import StepBar, StepLog
 from lopt.meta_train.outer import OuterState
 from lopt.meta_train.run_dir import (
-    REFERENCES,
     BestTheta,
     PortableState,
+    build_trainer,
     open_run,
     portable,
-    read_references,
-    references,
     save_checkpoints,
     validation_line,
     write_config,
 )
 from lopt.meta_train.trainer import MetaTrainer
 from lopt.optimizers.learned import save_theta
-from lopt.serialization import write_json
 from lopt.validation import Validator, get_validation_suite
 
 __all__ = ["PortableState", "meta_train", "portable"]  # the portable part: imported from here before
@@ -102,13 +99,11 @@ class _Run(NamedTuple):
 def _set_up(cfg: MetaTrainConfig, console: Console) -> _Run:
     """Build and compile the trainer, resume (or refuse to overwrite), write the run's config files."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = MetaTrainer.from_config(cfg, references=read_references(out, cfg) if cfg.resume else None)
+    trainer = build_trainer(cfg, out)
     state, step_fn = trainer.compile(jax.random.key(cfg.seed))
     data = trainer.data()
     state, start, manager = open_run(cfg, out, state, console)
-    write_json(out / REFERENCES, references(cfg, trainer))  # after the checks: never another run's
-    write_config(out, cfg, trainer)
+    write_config(out, cfg, trainer)  # after the checks: never another run's files
     console.print(
         f"config: {out / 'config.json'}; {len(trainer.estimators)} task groups: {', '.join(trainer.describe())}"
     )

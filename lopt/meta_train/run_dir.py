@@ -78,11 +78,19 @@ def open_run(
     return state, start, manager
 
 
+def build_trainer(cfg: MetaTrainConfig, out: Path) -> MetaTrainer:
+    """The run's trainer; on ``--resume`` with the loss references the run recorded (`read_references`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    return MetaTrainer.from_config(cfg, references=read_references(out, cfg) if cfg.resume else None)
+
+
 def write_config(out: Path, cfg: MetaTrainConfig, trainer: MetaTrainer) -> None:
-    """``config.json``: the resolved config and the task groups."""
+    """``config.json`` (the resolved config and the task groups) and ``references.json``; call it
+    after `open_run`'s checks, so that it never overwrites another run's files."""
     (out / "config.json").write_text(
         json.dumps({"config": dataclasses.asdict(cfg), "groups": trainer.describe()}, indent=2) + "\n"
     )
+    write_json(out / REFERENCES, references(cfg, trainer))
 
 
 def save_checkpoints(
