@@ -173,7 +173,11 @@ def export_run(run: str, dest: str, /, every: int = 10) -> None:
 
 
 def curves(
-    runs: tuple[str, ...], /, budgets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0), out: str = ""
+    runs: tuple[str, ...],
+    /,
+    budgets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0),
+    out: str = "",
+    by: str = "score",
 ) -> None:
     """Validation curves of meta-training runs: the best score within CPU budgets, as a table (and
     curves.md, curves.json, validation.png with --out).
@@ -182,13 +186,14 @@ def curves(
         runs: run directories (name=DIR to label them).
         budgets: CPU-hours.
         out: write curves.md, curves.json and validation.png here.
+        by: rank by the validation score (the mean over tasks) or the median.
     """
     from lopt.meta_train.curves import validation_curves
     from lopt.validate import ConfigError
 
     if not runs:
         raise ConfigError("name at least one run directory (name=DIR to label it).")
-    validation_curves(runs, budgets, out)
+    validation_curves(runs, budgets, out, by)
 
 
 def validate(

@@ -59,11 +59,13 @@ RUN_CONTROL = (
     "validate_every",
     "validation",
     "validate_long",
+    "select_by",
 )
 # Where a distributed run's estimates are computed (`lopt.distributed`): with staleness 0 the
 # trajectory is the same on any number of workers, or in one process.
 RUN_CONTROL += ("ray", "workers")
 GROUP_SAMPLINGS = ("stratified", "uniform")
+SELECT_BY = ("score", "median")  # the validation metric (valid/<name>) that keeps best.safetensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +119,9 @@ class MetaTrainConfig:
     # validation suite (lopt.validation): fixed train_nn tasks with stored Adam references
     validation: str = "valid"
     validate_long: bool = False  # also run the suite's long subset (10 x T) at every validation
+    # which validation number keeps best.safetensors: score (mean normalized loss over the suite's
+    # tasks) or median (the typical task; robust to a task whose final loss is chaotic in theta)
+    select_by: str = "score"
     # --- outputs --------------------------------------------------------------------------------
     out: str = "runs/meta"  # output directory: config.json, metrics.jsonl, checkpoints/, theta.safetensors
     log_every: int = 10  # outer steps between metric flushes (progress bar, metrics.jsonl, TensorBoard)
@@ -187,6 +192,7 @@ class MetaTrainConfig:
             from lopt.validation import get_validation_suite
 
             get_validation_suite(self.validation)  # an unknown name lists the valid ones
+        check_choice("select_by", self.select_by, SELECT_BY)
 
     def _check_objective(self):
         from lopt.estimators.base import SHAPINGS, SIGMA_SCALES

@@ -23,7 +23,9 @@ def test_rank_orders_by_score_then_wins():
     rows = [_row("a", 0.3, 1), _row("b", 0.1, 0), _row("c", 0.3, 3), _row("d", 2.0, 4)]
     assert [r["name"] for r in rank(rows)] == ["b", "c", "a", "d"]
     text = table(rank(rows), long=False)
-    assert text.splitlines()[2].startswith("| b | 0.1000 | 0/4 |")
+    assert text.splitlines()[2].startswith("| b | 0.1000 | - | 0/4 |")  # no median: a row of an older lopt
+    rows[1]["valid/median"] = 0.05
+    assert table(rank(rows), long=False).splitlines()[2].startswith("| b | 0.1000 | 0.0500 | 0/4 |")
 
 
 def test_parse_candidate():

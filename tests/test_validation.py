@@ -19,6 +19,7 @@ import pytest
 from lopt import checkpoint
 from lopt.config import MetaTrainConfig
 from lopt.meta_train import meta_train
+from lopt.meta_train.run_dir import BestTheta
 from lopt.optimizers.learned import get_learned, load_theta
 from lopt.tasks.suites import get_suite
 from lopt.tuning import ADAM_LR_GRID, BaselineMaker
@@ -98,9 +99,49 @@ def test_score_closed_form():
     m = score(losses, refs)
     n = [(1.2 - 1.0) / 2.0, -1.0, 2.0]  # the second clipped at -1, the diverged one at 2
     assert m["valid/score"] == pytest.approx(np.mean(n))
+    assert m["valid/median"] == pytest.approx(0.1)  # sorted: -1, 0.1, 2
     assert m["valid/wins_global"] == 2 and m["valid/wins_per_task"] == 1 and m["valid/diverged"] == 1
     assert m["valid/global_score"] == pytest.approx(np.mean([0.25, 0.25, 0.2]))
     np.testing.assert_allclose(normalized(1.0, 1.0, 3.0), 0.0)
+
+
+def test_best_theta_keeps_the_lowest_of_its_key(tmp_path):
+    """--select-by median keeps the theta of the lowest median even where the mean says otherwise;
+    a record kept by another key is replaced at the next validation, and resume reads it back."""
+    learned = get_learned("mlp")()
+    thetas = [learned.init(jax.random.key(i)) for i in range(3)]
+    rows = [  # (mean, median): the mean prefers the second, the median the third
+        {"valid/score": 0.30, "valid/median": 0.20, "cpu_seconds": 1.0},
+        {"valid/score": 0.10, "valid/median": 0.15, "cpu_seconds": 2.0},
+        {"valid/score": 0.20, "valid/median": 0.05, "cpu_seconds": 3.0},
+    ]
+    by_mean, by_median = (
+        BestTheta(tmp_path / "a", learned, 0),
+        BestTheta(tmp_path / "b", learned, 0, "valid/median"),
+    )
+    for out in ("a", "b"):
+        (tmp_path / out).mkdir()
+    kept = [
+        (by_mean.update(s, r, t), by_median.update(s, r, t)) for s, (r, t) in enumerate(zip(rows, thetas))
+    ]
+    assert kept == [(True, True), (True, True), (False, True)]
+    assert by_mean.record["step"] == 1 and by_median.record["step"] == 2
+    assert json.loads((tmp_path / "b" / "best.json").read_text())["kept_by"] == "valid/median"
+    _, theta = load_theta(tmp_path / "b" / "best.safetensors")
+    for got, want in zip(jax.tree.leaves(theta), jax.tree.leaves(thetas[2]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(thetas[2]), jax.tree.leaves(thetas[1])))
+    switched = BestTheta(tmp_path / "a", learned, 5, "valid/median")  # resumed with the other key
+    assert switched.update(6, {"valid/score": 0.9, "valid/median": 0.9, "cpu_seconds": 4.0}, thetas[0])
+    resumed = BestTheta(tmp_path / "b", learned, 5, "valid/median")
+    assert not resumed.update(6, {"valid/score": 0.0, "valid/median": 0.06, "cpu_seconds": 4.0}, thetas[0])
+
+
+def test_select_by_names_the_choices():
+    with pytest.raises(
+        ConfigError, match="select_by='mean' is not valid: choose one of \\['score', 'median'\\]"
+    ):
+        MetaTrainConfig(select_by="mean")
 
 
 def test_references_by_hand_and_cached(tiny_suite, monkeypatch):
@@ -260,6 +301,37 @@ def test_best_within_a_cpu_budget():
     assert best_within(rows, 1.5)["step"] == 50  # 0.3 at step 100 is worse than the kept 0.2
     assert best_within(rows, 2.0)["step"] == 150
     assert best_within(rows, 0.1) is None
+
+
+def test_curves_rank_by_the_median_of_older_rows(tmp_path, capsys):
+    """A row without valid/median (older lopt) gets it from valid/norm; --by median ranks by it."""
+    from lopt.meta_train.curves import validation_curves
+
+    rows = [
+        {
+            "step": 0,
+            "cpu_seconds": 100,
+            "valid/score": 0.4,
+            "valid/norm": [0.0, 0.1, 1.1],
+            "valid/wins_global": 1,
+        },
+        {
+            "step": 50,
+            "cpu_seconds": 196,
+            "valid/score": 0.3,
+            "valid/norm": [0.2, 0.3, 0.4],
+            "valid/wins_global": 0,
+        },
+    ]
+    for r in rows:
+        r["valid/global_score"] = 0.5
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    by_mean = validation_curves((f"r={tmp_path}",), (0.055,), by="score")
+    by_median = validation_curves((f"r={tmp_path}",), (0.055,), by="median")
+    assert "0.3000 (50)" in by_mean["table"] and "0.1000 (0)" in by_median["table"]
+    assert by_median["curves"]["r"]["median"] == pytest.approx([0.1, 0.3])
+    with pytest.raises(ConfigError, match="by='mean' is not valid"):
+        validation_curves((str(tmp_path),), by="mean")
 
 
 def test_group_reference_is_tuned_adams_best_less_the_margin(monkeypatch, tmp_path):

@@ -181,7 +181,9 @@ def _loop(cfg, trainer, state, start, manager, pool, validator, out, console, pr
         first_label="build, start workers, compile, run",
     )
     audit = _Audit(out / "estimates.jsonl", start)
-    vals = _Validations(pool.ray, validator, steps, BestTheta(out, trainer.learned, start), console)
+    vals = _Validations(
+        pool.ray, validator, steps, BestTheta(out, trainer.learned, start, f"valid/{cfg.select_by}"), console
+    )
     pool.publish(lstate)
     try:
         if start == 0:

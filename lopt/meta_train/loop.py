@@ -67,7 +67,7 @@ def meta_train(
         cpu_first=cpu_first,
         first_label="build, compile, run",
     )
-    best = BestTheta(run.out, run.trainer.learned, run.start)
+    best = BestTheta(run.out, run.trainer.learned, run.start, f"valid/{cfg.select_by}")
     try:
         state = _loop(cfg, run, steps, best, console, progress)
     finally:
@@ -78,7 +78,7 @@ def meta_train(
     )
     if best.record is not None:
         console.print(
-            f"best validation score {best.record['score']:.4f} at step {best.record['step']}: "
+            f"best validation {cfg.select_by} {best.record[best.key]:.4f} at step {best.record['step']}: "
             f"{run.out / 'best.safetensors'}"
         )
     return state

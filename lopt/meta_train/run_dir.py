@@ -102,22 +102,30 @@ def save_checkpoints(
 
 
 class BestTheta:
-    """The theta with the best validation score so far: ``best.safetensors`` and ``best.json``
-    (its step, score, CPU time and the validation's scalar metrics); read back on resume."""
+    """The theta with the best validation number so far (``key``: ``valid/score``, the mean, or
+    ``valid/median``): ``best.safetensors`` and ``best.json`` (its step, the number it was kept by,
+    CPU time and the validation's scalar metrics); read back on resume."""
 
-    def __init__(self, out: Path, learned: LearnedOptimizer, start: int):
-        self.out, self.learned = out, learned
+    def __init__(self, out: Path, learned: LearnedOptimizer, start: int, key: str = "valid/score"):
+        self.out, self.learned, self.key = out, learned, key
         self.record: dict | None = _read_best(out) if start else None
 
     def update(self, step: int, metrics: dict, theta: Any) -> bool:
-        """Keep ``theta`` if its ``metrics["valid/score"]`` beats the best; True if it did."""
-        score = metrics["valid/score"]
-        improved = self.record is None or score < self.record["score"]
+        """Keep ``theta`` if its ``metrics[key]`` beats the best's; True if it did. A record kept by
+        another key (or without it, from an older lopt) is beaten by the first validation."""
+        value = metrics[self.key]
+        best = (
+            None
+            if self.record is None or self.record.get("kept_by", "valid/score") != self.key
+            else self.record
+        )
+        improved = best is None or value < best[self.key]
         if improved:
             save_theta(self.out / "best.safetensors", self.learned, theta)
             self.record = {
                 "step": step,
-                "score": score,
+                "score": metrics["valid/score"],
+                "kept_by": self.key,
                 "cpu_seconds": metrics["cpu_seconds"],
                 **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
             }
@@ -129,7 +137,8 @@ def validation_line(step: int, metrics: dict, improved: bool) -> str:
     """One console line for a validation (`lopt.validation.Validator`'s metrics)."""
     long = f", at 10 T {metrics['valid_long/score']:.4f}" if "valid_long/score" in metrics else ""
     return (
-        f"step {step}: validation score {metrics['valid/score']:.4f}{long} (0 = per-task-tuned Adam; "
+        f"step {step}: validation score {metrics['valid/score']:.4f}{long}, median "
+        f"{metrics['valid/median']:.4f} (0 = per-task-tuned Adam; "
         f"AdamLR-global {metrics['valid/global_score']:.4f}), wins vs AdamLR-global "
         f"{metrics['valid/wins_global']}/{metrics['valid/tasks']}{' [best]' if improved else ''}"
     )

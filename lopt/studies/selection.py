@@ -70,7 +70,14 @@ def table(rows: list[dict], long: bool) -> str:
     """The ranking as a Markdown table (`lopt.report.render.table`)."""
     from lopt.report.render import table as render
 
-    header = ["candidate", "score at T", "wins vs AdamLR-global", "wins vs AdamLR-per-task", "diverged"]
+    header = [
+        "candidate",
+        "score at T",
+        "median at T",
+        "wins vs AdamLR-global",
+        "wins vs AdamLR-per-task",
+        "diverged",
+    ]
     header += ["score at 10 T", "wins vs global at 10 T"] if long else []
     body = []
     for r in rows:
@@ -78,6 +85,7 @@ def table(rows: list[dict], long: bool) -> str:
         row = [
             r["name"],
             f"{r['valid/score']:.4f}",
+            f"{r['valid/median']:.4f}" if "valid/median" in r else "-",
             f"{r['valid/wins_global']}/{n}",
             f"{r['valid/wins_per_task']}/{n}",
             r["valid/diverged"],

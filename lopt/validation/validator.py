@@ -9,7 +9,10 @@ L_gl (AdamLR global). The scores:
     \qquad \text{score} = \frac{1}{T}\sum_t n_t
 
 0 is per-task-tuned Adam's level, 1 no progress from the initialization, 2 diverged (or worse),
-negative better than tuned Adam. ``wins_global`` / ``wins_per_task`` count the tasks where L_t is
+negative better than tuned Adam. ``median`` is the median of n_t: the typical task, blind to the
+one or two tasks whose final loss is chaotic in theta (a VAE's n_t moves by 0.01-0.3 between
+neighbouring checkpoints; ``lopt meta-train --select-by median`` keeps the best theta by it).
+``wins_global`` / ``wins_per_task`` count the tasks where L_t is
 below L_gl / L_pt. Lower scores are better; a run keeps the theta with the lowest score.
 
     validator = Validator(get_validation_suite("valid"), learned)
@@ -51,6 +54,7 @@ def score(losses: np.ndarray, refs: dict[str, Any], prefix: str = "valid") -> di
     finite = np.isfinite(losses)
     return {
         f"{prefix}/score": float(np.mean(n)),
+        f"{prefix}/median": float(np.median(n)),
         f"{prefix}/wins_global": int(np.sum(finite & (losses < gl))),
         f"{prefix}/wins_per_task": int(np.sum(finite & (losses < pt))),
         f"{prefix}/tasks": len(rows),
