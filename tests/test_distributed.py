@@ -172,6 +172,8 @@ def test_synchronous_run_is_bitwise_the_single_process_run(cluster, tmp_path, wo
     rows = _rows(cfg.out)
     assert [rows[s]["meta_loss"] for s in range(1, STEPS + 1)] == losses
     _check_audit(cfg.out)
+    # the estimate each update waited for: its wall and CPU seconds on the worker (CPU share)
+    assert all(rows[s]["dist/worker_seconds"] > 0 and rows[s]["dist/worker_cpu_seconds"] > 0 for s in rows)
     # its last checkpoint holds the workers' estimator states: the single-process state, bitwise
     from lopt.meta_train import load_run
 

@@ -159,10 +159,12 @@ def _apply(step: int, last: bool, lstate: OuterState, learner: LearnerProgram, p
     if not last:  # the workers estimate on the new theta while the learner logs and saves
         pool.publish(lstate)
     c = pool.counters
+    slowest = max((msg for msg, _ in chosen), key=lambda msg: msg.seconds)
     metrics = {
         **metrics,
         "dist/staleness": sum(step - 1 - msg.version for msg, _ in chosen) / len(chosen),
-        "dist/worker_seconds": max(msg.seconds for msg, _ in chosen),
+        "dist/worker_seconds": slowest.seconds,  # the update waited for this estimate
+        "dist/worker_cpu_seconds": slowest.cpu_seconds,  # below its wall time when the core was shared
         **{f"dist/{k}": v for k, v in dataclasses.asdict(c).items()},
     }
     return lstate, metrics, chosen, save_now, states

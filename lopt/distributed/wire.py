@@ -73,3 +73,6 @@ class Estimate:
     grads: tuple  # one theta-like tree of numpy arrays per group
     metrics: tuple  # one dict of numpy arrays per group
     seconds: float  # wall time of the computation on the worker
+    # CPU time of the worker's process meanwhile (all its threads): ≈ seconds on a core of its own,
+    # less when other processes share the core (then the wall time measures them too)
+    cpu_seconds: float = float("nan")

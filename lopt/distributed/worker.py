@@ -80,7 +80,7 @@ class Worker:
         """One estimate per group on ``theta`` (host arrays) with group key data ``keys`` (groups, 2)."""
         import jax
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if self.theta[0] != version:
             self.theta = (version, from_host(theta))
         grads, self.states, metrics = self.program.estimate(keys, self.theta[1], self.states)
@@ -97,6 +97,7 @@ class Worker:
             tuple(grads),
             tuple(metrics),
             time.perf_counter() - t0,
+            time.process_time() - c0,
         )
 
     def _inject(self, grads: tuple) -> tuple:
