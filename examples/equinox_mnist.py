@@ -3,7 +3,7 @@
 The training loop is a plain Equinox/optax loop; swapping Adam for the pretrained learned optimizer
 changes one line, the one that builds ``tx``. ``--optimizer adam`` runs the same loop with Adam:
 
-    python examples/equinox_mnist.py                      # lopt.pretrained("hierarchical-small-v1")
+    python examples/equinox_mnist.py                      # lopt.pretrained("hierarchical-small-v2", num_steps=steps)
     python examples/equinox_mnist.py --optimizer adam     # optax.adam(1e-3)
 
 Fashion-MNIST is held out from the learned optimizer's meta-training (README, "suites"); it comes
@@ -51,7 +51,11 @@ def main(steps: int = 1000, optimizer_name: str = "pretrained", batch_size: int 
 
     key_init, key_data = jax.random.split(jax.random.key(seed))
     model = eqx.nn.MLP(28 * 28, 10, width_size=128, depth=2, activation=jax.nn.relu, key=key_init)
-    tx = lopt.pretrained("hierarchical-small-v1") if optimizer_name == "pretrained" else optax.adam(1e-3)
+    tx = (
+        lopt.pretrained("hierarchical-small-v2", num_steps=steps)
+        if optimizer_name == "pretrained"
+        else optax.adam(1e-3)
+    )
     opt_state = tx.init(eqx.filter(model, eqx.is_array))
 
     @eqx.filter_jit

@@ -4,7 +4,7 @@ The training loop is a plain PyTorch loop; swapping AdamW for the pretrained lea
 changes one line, the one that builds ``optimizer``. ``--optimizer adamw`` runs the same loop with
 ``torch.optim.AdamW(lr=1e-3)``:
 
-    python examples/torch_mnist.py                       # lopt.torch.LearnedOptimizer(..., name="hierarchical-small-v1")
+    python examples/torch_mnist.py                   # lopt.torch.LearnedOptimizer(name="hierarchical-small-v2", ...)
     python examples/torch_mnist.py --optimizer adamw     # torch.optim.AdamW(..., lr=1e-3)
 
 ``optimizer.step(closure)`` is torch's own protocol: AdamW calls the closure for the gradients, the
@@ -48,7 +48,7 @@ def main(steps: int = 1000, optimizer_name: str = "pretrained", batch_size: int 
     model = mlp()
     batches = torch.Generator().manual_seed(seed + 1)
     optimizer = (
-        lopt.torch.LearnedOptimizer(model.parameters(), name="hierarchical-small-v1")
+        lopt.torch.LearnedOptimizer(model.parameters(), name="hierarchical-small-v2", num_steps=steps)
         if optimizer_name == "pretrained"
         else torch.optim.AdamW(model.parameters(), lr=1e-3)
     )

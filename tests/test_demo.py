@@ -34,7 +34,7 @@ def test_demo_small(tmp_path):
         curves = lopt.evaluate(
             run_key(task, cfg.seed),  # the key of every run on this task (Adam's too)
             task,
-            lopt.pretrained(cfg.pretrained),
+            lopt.pretrained(cfg.pretrained, num_steps=200),  # T: the run length
             num_steps=200,
             num_seeds=2,
             eval_every=100,

@@ -4,6 +4,7 @@ Skipped when flax or equinox is absent (``pip install -e '.[examples]'``) or Fas
 fetched (failing instead under ``$LOPT_REQUIRE_DATA``, as ``make test`` sets it).
 """
 
+import ast
 import difflib
 import importlib.util
 import io
@@ -24,12 +25,6 @@ STEPS = 150  # at batch 128 both optimizers reach ~0.8 test accuracy on Fashion-
 LOSS_FRACTION = 0.35  # final / initial training loss must fall below this (observed ~0.23)
 MIN_ACCURACY = 0.7  # 10 classes: chance is 0.1; observed ~0.8 after STEPS steps
 
-# The choice line: `<target> = <pretrained> if optimizer_name == "pretrained" else <adam>`.
-_CHOICE = re.compile(
-    r"^(?P<indent>\s*)(?P<target>\w+) = (?P<pretrained>.+)"
-    r' if optimizer_name == "pretrained" else (?P<adam>.+)$'
-)
-
 
 def _source(name: str) -> str:
     return (EXAMPLES_DIR / f"{name}.py").read_text(encoding="utf-8")
@@ -44,14 +39,30 @@ def _import(name: str):
     return module
 
 
+def _choice(source: str):
+    """The script's ``target = PRETRAINED if optimizer_name == "pretrained" else ADAM`` statement
+    (on one line or wrapped by ruff format)."""
+    found = [
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.IfExp)
+        and ast.unparse(node.value.test) == "optimizer_name == 'pretrained'"
+    ]
+    assert len(found) == 1, f"expected one optimizer-choice statement, found {len(found)}"
+    return found[0]
+
+
 def _code_paths(source: str) -> dict[str, list[str]]:
-    """The script as its author would write it for each optimizer: the choice line replaced by one branch."""
-    lines = source.splitlines()
-    choices = [(i, m) for i, line in enumerate(lines) if (m := _CHOICE.match(line))]
-    assert len(choices) == 1, f"expected one optimizer-choice line, found {len(choices)}"
-    ((i, m),) = choices
+    """The script as its author would write it for each optimizer: the choice replaced by one branch."""
+    lines, node = source.splitlines(), _choice(source)
+    head = f"{' ' * node.col_offset}{ast.unparse(node.targets[0])} = "
+    branch = {"pretrained": node.value.body, "adam": node.value.orelse}
     return {
-        name: lines[:i] + [f"{m['indent']}{m['target']} = {m[name]}"] + lines[i + 1 :] for name in OPTIMIZERS
+        name: lines[: node.lineno - 1]
+        + [head + ast.get_source_segment(source, branch[name])]
+        + lines[node.end_lineno :]
+        for name in OPTIMIZERS
     }
 
 
@@ -75,8 +86,8 @@ def test_the_two_loops_differ_in_exactly_one_line(name):
     # The choice reaches the program only as main's `optimizer_name`, which is read on the choice line
     # alone; the command line hands `args.optimizer` to main and to nothing else.
     def_line = next(i + 1 for i, line in enumerate(lines) if line.startswith("def main("))
-    choice_line = next(i + 1 for i, line in enumerate(lines) if _CHOICE.match(line))
-    assert _name_lines(source, "optimizer_name") == [def_line, choice_line]
+    choice = _choice(source).value.test.lineno
+    assert _name_lines(source, "optimizer_name") == [def_line, choice]
     assert source.count("args.optimizer") == 1
     assert "sys.argv" not in source
 
@@ -84,7 +95,7 @@ def test_the_two_loops_differ_in_exactly_one_line(name):
     diff = _diff(name)
     assert len(diff) == 2, diff
     assert re.fullmatch(r"-\s*\w+ = optax\.adam\(1e-3\)", diff[0]), diff
-    shipped = re.fullmatch(r'\+\s*\w+ = lopt\.pretrained\("([\w.-]+)"\)', diff[1])
+    shipped = re.fullmatch(r'\+\s*\w+ = lopt\.pretrained\("([\w.-]+)"(, num_steps=steps)?\)', diff[1])
     assert shipped and shipped[1] in lopt.PRETRAINED, diff
 
 

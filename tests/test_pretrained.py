@@ -31,7 +31,8 @@ def test_pretrained_is_the_transform_of_its_theta(name, key):
     learned, theta = load_theta(lopt.PRETRAINED[name].weights_path)
     params = {"w": jax.random.normal(key, (5, 3)), "b": jnp.zeros((3,))}
     grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p) + p, params)
-    a, b = lopt.pretrained(name), optax.with_extra_args_support(learned.transform(theta))
+    told = {"num_steps": 100} if learned.needs_num_steps else {}  # horizon-aware: the run's length T
+    a, b = lopt.pretrained(name, **told), optax.with_extra_args_support(learned.transform(theta, **told))
     ua, _ = a.update(grads, a.init(params), params, loss=jnp.float32(2.0))
     ub, _ = b.update(grads, b.init(params), params, loss=jnp.float32(2.0))
     jax.tree.map(np.testing.assert_array_equal, ua, ub)
@@ -69,3 +70,25 @@ def test_unknown_name_lists_the_shipped_ones():
         lopt.pretrained("velo")
     with pytest.raises(UnknownNameError, match="mlp-small-v1"):
         lopt.load_pretrained("velo")
+
+
+def test_a_horizon_aware_one_needs_the_run_length():
+    """hierarchical-small-v2 schedules its step over T: without num_steps it says what to pass; with
+    it, its first update equals its architecture's transform told the same T."""
+    with pytest.raises(
+        TypeError,
+        match=r"horizon-aware: pass the length of the training run, "
+        r"lopt.pretrained\('hierarchical-small-v2', num_steps=T\)",
+    ):
+        lopt.pretrained("hierarchical-small-v2")
+    with pytest.raises(TypeError, match="takes no learning rate"):
+        lopt.pretrained("hierarchical-small-v2", learning_rate=1e-3, num_steps=100)
+    with pytest.raises(ValueError, match="num_steps"):
+        lopt.pretrained("hierarchical-small-v2", num_steps=0)
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)}
+    grads = {"w": jnp.cos(params["w"])}
+    short, long = (lopt.pretrained("hierarchical-small-v2", num_steps=t) for t in (10, 10_000))
+    us, _ = short.update(grads, short.init(params), params)
+    ul, _ = long.update(grads, long.init(params), params)
+    # step 1 of 10 is past the 5% warmup (full peak); step 1 of 10,000 is early in it: a smaller step
+    assert float(jnp.sqrt(jnp.mean(ul["w"] ** 2))) < 0.1 * float(jnp.sqrt(jnp.mean(us["w"] ** 2)))

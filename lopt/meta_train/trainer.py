@@ -75,7 +75,8 @@ def outer_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformationExtraAr
             )
     else:  # its untrained init, from a key of its own
         theta = outer.init(jax.random.fold_in(jax.random.key(cfg.seed), 1))
-    return optax.chain(*clip, optax.with_extra_args_support(outer.transform(theta)))
+    told = {"num_steps": cfg.num_steps} if outer.needs_num_steps else {}  # a horizon-aware one: T outer steps
+    return optax.chain(*clip, optax.with_extra_args_support(outer.transform(theta, **told)))
 
 
 def adamw_schedule(cfg: MetaTrainConfig) -> optax.Schedule:

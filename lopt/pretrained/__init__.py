@@ -48,6 +48,12 @@ PRETRAINED: dict[str, Pretrained] = {
     p.name: p
     for p in (
         Pretrained(
+            "hierarchical-small-v2",
+            "hierarchical_v2 (horizon-aware: pass num_steps=T; normalized, gradient-odd update times a learned "
+            "peak step and warmup/cosine shape), 1200 PES steps on train_nn with task reparametrization, "
+            "chosen on the validation suite; 9,535 weights",
+        ),
+        Pretrained(
             "hierarchical-small-v1",
             "Metz et al. 2020 hierarchical (LSTM 32 + MLP 4-4) with a learned log step, 150 PES steps on "
             "train_nn, selected on train_nn tasks; 9,456 weights",

@@ -57,7 +57,7 @@ class DemoConfig:
     """`lopt demo`: the pretrained optimizer against tuned Adam, and a short meta-training run."""
 
     out: str = "runs/demo"  # output directory: report.html, report.md, figures/, results.json, config.json
-    pretrained: str = "hierarchical-small-v1"  # the shipped optimizer to compare (lopt.PRETRAINED)
+    pretrained: str = "hierarchical-small-v2"  # the shipped optimizer to compare (lopt.PRETRAINED)
     families: tuple[str, ...] = ("cnn", "transformer_lm", "conv1d")  # held-out families, one task each
     steps: int = 1000  # training steps per run on the held-out tasks
     seeds: int = 3  # seeds per setting (vmapped); tables use the median over seeds

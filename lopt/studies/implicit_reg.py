@@ -70,13 +70,19 @@ def default_starts(num: int = NUM_STARTS, radius: float = RADIUS) -> np.ndarray:
     return (radius * np.stack([np.cos(a), np.sin(a)], -1)).astype(np.float32)  # (S, 2)
 
 
-def default_optimizers(learned: str = PRETRAINED) -> dict[str, optax.GradientTransformationExtraArgs]:
+def default_optimizers(
+    learned: str = PRETRAINED, num_steps: int = NUM_STEPS
+) -> dict[str, optax.GradientTransformationExtraArgs]:
     """label -> optimizer: SGD (lr 0.1), Adam (lr 0.01, optax defaults otherwise) and the shipped
-    learned optimizer ``learned`` (no learning rate: its step sizes are in its weights)."""
+    learned optimizer ``learned`` (no learning rate: its step sizes are in its weights; a
+    horizon-aware one is told the run's length ``num_steps``)."""
+    from lopt.pretrained import load_pretrained
+
+    told = {"num_steps": num_steps} if getattr(load_pretrained(learned)[0], "needs_num_steps", False) else {}
     return {
         f"sgd (lr {SGD_LR:g})": optax.sgd(SGD_LR),
         f"adam (lr {ADAM_LR:g})": optax.adam(ADAM_LR),
-        learned: pretrained(learned),
+        learned: pretrained(learned, **told),
     }
 
 
@@ -195,7 +201,7 @@ def main(out_dir: str, num_steps: int = NUM_STEPS, learned: str = PRETRAINED) ->
     """Run the default study; write ``implicit_reg.png`` and ``implicit_reg.json`` (the summary rows,
     the starts, their projections and every optimizer's final points) to ``out_dir``; print the
     table and return the JSON content."""
-    result = run_study(default_optimizers(learned), num_steps)
+    result = run_study(default_optimizers(learned, num_steps), num_steps)
     os.makedirs(out_dir, exist_ok=True)
     figure(os.path.join(out_dir, "implicit_reg.png"), result)
     summary = {
