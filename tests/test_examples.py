@@ -14,6 +14,7 @@ import tokenize
 from pathlib import Path
 
 import pytest
+from helpers import optimizer_choice
 
 import lopt
 from lopt.data import DatasetMissingError, load
@@ -40,17 +41,8 @@ def _import(name: str):
 
 
 def _choice(source: str):
-    """The script's ``target = PRETRAINED if optimizer_name == "pretrained" else ADAM`` statement
-    (on one line or wrapped by ruff format)."""
-    found = [
-        node
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Assign)
-        and isinstance(node.value, ast.IfExp)
-        and ast.unparse(node.value.test) == "optimizer_name == 'pretrained'"
-    ]
-    assert len(found) == 1, f"expected one optimizer-choice statement, found {len(found)}"
-    return found[0]
+    """The script's optimizer-choice statement (`tests.helpers.optimizer_choice`)."""
+    return optimizer_choice(source)
 
 
 def _code_paths(source: str) -> dict[str, list[str]]:

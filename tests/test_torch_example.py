@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import optimizer_choice
 
 from lopt.data import DatasetMissingError, load
 
@@ -24,15 +25,7 @@ def _choice() -> dict:
     """The script's ``target = PRETRAINED if optimizer_name == "pretrained" else ADAMW`` (on one line
     or wrapped by ruff format): indent, target and the source of both branches."""
     src = _source()
-    found = [
-        node
-        for node in ast.walk(ast.parse(src))
-        if isinstance(node, ast.Assign)
-        and isinstance(node.value, ast.IfExp)
-        and ast.unparse(node.value.test) == "optimizer_name == 'pretrained'"
-    ]
-    assert len(found) == 1, "expected one optimizer-choice statement"
-    (node,) = found
+    node = optimizer_choice(src)
     return {
         "indent": " " * node.col_offset,
         "target": ast.unparse(node.targets[0]),
