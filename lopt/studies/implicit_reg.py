@@ -76,13 +76,10 @@ def default_optimizers(
     """label -> optimizer: SGD (lr 0.1), Adam (lr 0.01, optax defaults otherwise) and the shipped
     learned optimizer ``learned`` (no learning rate: its step sizes are in its weights; a
     horizon-aware one is told the run's length ``num_steps``)."""
-    from lopt.pretrained import load_pretrained
-
-    told = {"num_steps": num_steps} if getattr(load_pretrained(learned)[0], "needs_num_steps", False) else {}
     return {
         f"sgd (lr {SGD_LR:g})": optax.sgd(SGD_LR),
         f"adam (lr {ADAM_LR:g})": optax.adam(ADAM_LR),
-        learned: pretrained(learned, **told),
+        learned: pretrained(learned, num_steps=num_steps),  # a v1 architecture ignores T
     }
 
 
