@@ -11,10 +11,13 @@ Measured on each config (`CONFIGS`; staleness 0, PES, the mlp optimizer):
 - ``mlp_digits``: two task groups of the train_nn suite's MLP family, 256-256 MLPs on digits
   (relu and tanh, batch 128), 8 particles each (the default P), K = 20: compute-bound, ~0.8 s per
   group's estimate on one core;
+- ``mlp_digits4``: the same with four groups (elu, gelu, tanh, relu), two per worker in the
+  two-worker run: the groups' unequal costs (tanh's exp against relu's max) even out in each
+  worker's sum, as they do in a real run with more groups than workers;
 
 1. single process (all cores) vs one Ray worker (all cores; the learner in this process):
    outer steps/s, target ratio >= 0.90;
-2. one process pinned to core 0 vs two Ray workers pinned to cores 0 and 1 (one group each;
+2. one process pinned to core 0 vs two Ray workers pinned to cores 0 and 1 (half the groups each;
    the learner unpinned): outer steps/s, target ratio >= 1.7;
 
 and the inputs of the scaling model (docs/scaling.md): each group's estimate alone in the pinned
@@ -69,6 +72,18 @@ CONFIGS = {
         "truncation_length": 20,
         "horizon": (200, 2000),
         **_COMMON,
+    },
+    # four train_nn groups (seed 1 draws elu, gelu, tanh, relu), two per worker: how a real run, with
+    # more groups than workers, lets the cost-balanced assignment even out the groups' unequal costs
+    "mlp_digits4": {
+        "family": "mlp",
+        "space": '{"datasets": ["digits"], "depths": [2], "widths": [256], "batch_sizes": [128], '
+        '"activations": ["tanh", "relu", "elu", "gelu"]}',
+        "num_groups": 4,
+        "num_particles": 8,
+        "truncation_length": 20,
+        "horizon": (200, 2000),
+        **{**_COMMON, "seed": 1},
     },
 }
 CONFIG = CONFIGS["quadratic"]
@@ -274,6 +289,7 @@ def measure(name: str, steps: int) -> dict:
 
 def report(got: dict, msg: dict) -> dict:
     """The ratio table, the scaling model's inputs, its check against the runs, its predictions."""
+    from lopt.distributed.pool import assign_groups
     from lopt.distributed.scaling import ScalingInputs, learner_bound, step_seconds, throughput
 
     r1, r2 = got["ratio_1"], got["ratio_2"]
@@ -314,9 +330,17 @@ def report(got: dict, msg: dict) -> dict:
         + ", t_e of each group alone on core 0: "
         + ", ".join(f"{x:.4f}" for x in t_e)
     )
-    x = ScalingInputs(max(t_e), got["single"]["update_s"], msg["per_call_s"], msg["latency_s"])
+    # the two-worker run's groups (equal inner steps: the assignment the learner makes), its slower worker
+    owned = assign_groups([1.0] * len(t_e), 2)
+    g = max(len(o) for o in owned)
+    x = ScalingInputs(
+        max(sum(t_e[i] for i in o) for o in owned) / g,
+        got["single"]["update_s"],
+        msg["per_call_s"],
+        msg["latency_s"],
+    )
     print(
-        f"model check: 2 workers x 1 group, T = {step_seconds(x, 2):.4f} s predicted, "
+        f"model check: 2 workers x {g} group(s), T = {step_seconds(x, 2, g):.4f} s predicted, "
         f"{1 / got['ray2']['steps_per_s']:.4f} s measured (the estimate it waited for: "
         f"{got['ray2']['worker_seconds']:.4f} s wall, {got['ray2']['worker_cpu_seconds']:.4f} s CPU); "
         f"one process on one core (sum of the groups' t_e + t_u, no messages): "

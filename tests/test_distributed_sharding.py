@@ -50,7 +50,10 @@ print(json.dumps({
 def _run(devices: int) -> dict:
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": " ".join(  # the suite's flags (conftest), with this device count
+            [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+            + [f"--xla_force_host_platform_device_count={devices}"]
+        ),
         "JAX_PLATFORMS": "cpu",
     }
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)

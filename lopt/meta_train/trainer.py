@@ -149,7 +149,9 @@ class MetaTrainer:
             ]
         elif len(references) != len(groups):
             raise ConfigError(
-                f"{len(references)} loss references for {len(groups)} task groups: one per distinct group."
+                f"{len(references)} loss references for {len(groups)} task groups: one per distinct group. "
+                "A resumed run's references.json was recorded for other task groups (another --seed, "
+                "--num-groups, --suite or --family draws other groups); move it away to recompute them."
             )
         if any(cfg.reparam):  # the same groups, their tasks' weights rescaled; L_ref stays the base task's
             groups = [(Reparametrized(f, *cfg.reparam), s, n) for f, s, n in groups]
