@@ -83,7 +83,8 @@ CONFIGS = {
         "num_particles": 8,
         "truncation_length": 20,
         "horizon": (200, 2000),
-        **{**_COMMON, "seed": 1},
+        **_COMMON,
+        "seed": 1,
     },
 }
 CONFIG = CONFIGS["quadratic"]
