@@ -70,8 +70,12 @@ class WorkerProgram:
 
     def estimate(self, keys: np.ndarray, theta: PyTree, states: tuple) -> tuple[tuple, tuple, tuple]:
         """(per-group estimates, new states, per-group metrics) for key data ``keys`` (len(groups), 2):
-        one jitted program over the worker's groups, as the single-process step runs them."""
-        return self._run(keys, theta, states, self._data, self._hparams)  # pyright: ignore[reportAttributeAccessIssue]
+        one jitted program over the worker's groups, as the single-process step runs them. The
+        estimates and metrics come back as host (numpy) arrays, the states stay on the device."""
+        stacked, states, metrics = self._run(keys, theta, states, self._data, self._hparams)  # pyright: ignore[reportAttributeAccessIssue]
+        stacked, metrics = jax.device_get((stacked, metrics))  # the states are ready with them: one program
+        grads = tuple(jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(len(self.groups)))
+        return grads, states, metrics
 
     def fresh_states(self, key: jax.Array, theta: PyTree) -> tuple:
         """Fresh estimator states of the groups (particles that start new episodes at their next estimate)."""
@@ -89,7 +93,11 @@ def _estimate(key_data, theta, states, data, hparams, *, estimators):
         for est, k, s, d, h in zip(estimators, keys, states, data, hparams)
     ]
     grads, new_states, metrics = zip(*out)
-    return tuple(grads), tuple(new_states), tuple(metrics)
+    # the estimates as one stacked output per leaf: with one output per group and leaf, XLA ran the
+    # groups' computations with less parallelism (mlp_digits, 2 cores: 1.13 s a call at a CPU share
+    # of 1.64, against 0.94 s at 1.81 stacked, as fast as the single-process step); same values
+    stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
+    return stacked, tuple(new_states), tuple(metrics)
 
 
 @dataclasses.dataclass(frozen=True)
