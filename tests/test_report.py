@@ -181,3 +181,39 @@ def test_suite_tasks_keeps_the_cheapest_candidates(monkeypatch):
     assert report.step_flops(plain[dims.index(64)]) > report.step_flops(plain[dims.index(2)])
     with pytest.raises(ConfigError, match="families contains 'mlp', which is not in suite"):
         report.suite_tasks(EvalConfig(families=("mlp",)))
+
+
+@pytest.mark.parametrize("cores", [{0}, {0, 1}])
+def test_pipelined_compiles_ahead_only_with_a_second_core(monkeypatch, cores):
+    """With two cores the next program compiles in the background thread; pinned to one core each
+    program compiles in the main thread when its turn comes (no thread competing for the core)."""
+    import threading
+    from types import SimpleNamespace
+
+    from lopt.report import run as run_mod
+
+    where = []
+
+    def fake_compile(task, search, **kw):
+        where.append((search.name, threading.current_thread() is threading.main_thread()))
+        return f"compiled-{search.name}", 0.0
+
+    def fake_run(task, search, *, compiled=None, **kw):  # compiled: compile_search's (program, seconds)
+        return (compiled or fake_compile(task, search))[0]
+
+    monkeypatch.setattr(run_mod.os, "sched_getaffinity", lambda pid: cores)
+    monkeypatch.setattr(run_mod, "compile_search", fake_compile)
+    monkeypatch.setattr(run_mod, "run_search", fake_run)
+    monkeypatch.setattr(run_mod, "is_cached", lambda *a, **k: False)
+    units = [("task", "t", SimpleNamespace(name=s)) for s in ("a", "b", "c")]
+    run = dict(num_steps=1, num_seeds=1, eval_every=1, eval_batches=1, seed=0, require_cache=False)
+
+    class _Progress:
+        def update(self, *a, **k):
+            pass
+
+    got = [r for _, r in run_mod._pipelined(units, run, _Progress(), None)]
+    assert got == ["compiled-a", "compiled-b", "compiled-c"]
+    assert [s for s, _ in where] == ["a", "b", "c"]
+    in_main = [m for _, m in where]
+    assert in_main == ([True] * 3 if len(cores) == 1 else [False] * 3)

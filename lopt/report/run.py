@@ -166,14 +166,19 @@ class _Runs:
 def _pipelined(units, run: dict, progress: Progress, bar):
     """Yield ``((task, name, search), result)`` for every unit in order, compiling the next uncached
     unit's program in a background thread while the current one trains (XLA compiles without the
-    GIL; on small tasks compilation is most of the time)."""
+    GIL; on small tasks compilation is most of the time). A process with one core (``taskset -c``)
+    compiles each program when its turn comes: the thread would only take turns with the training on
+    that core, and the recorded compile and run seconds would each include the other's."""
     pool = ThreadPoolExecutor(1)
     compile_args = {k: run[k] for k in ("num_steps", "num_seeds", "eval_every", "eval_batches", "seed")}
     todo = [u for u in units if not run["require_cache"] and not is_cached(u[0], u[2], **run)]
     futures = {}
+    overlap = (
+        len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
+    )
 
     def prefetch(i):
-        if i < len(todo) and id(todo[i]) not in futures:
+        if overlap and i < len(todo) and id(todo[i]) not in futures:
             futures[id(todo[i])] = pool.submit(compile_search, todo[i][0], todo[i][2], **compile_args)
 
     prefetch(0)
