@@ -278,6 +278,8 @@ class EvalConfig:
     # per family, sample this many and keep the per_family cheapest (1: plain random sample)
     candidates: int = 3
     families: tuple[str, ...] = ()  # keep only these families of the suite (empty: all)
+    # then keep only these tasks, by their names in that draw (as config.json lists them; empty: all)
+    tasks: tuple[str, ...] = ()
     steps: int = 1000  # training steps per run; 1000-2000 is affordable on a laptop CPU
     seeds: int = 3  # seeds per setting, vmapped; selection and tables use their median
     eval_every: int = 100  # steps between inner-valid / outer-valid / test evaluations (divides steps)

@@ -217,3 +217,19 @@ def test_pipelined_compiles_ahead_only_with_a_second_core(monkeypatch, cores):
     assert [s for s, _ in where] == ["a", "b", "c"]
     in_main = [m for _, m in where]
     assert in_main == ([True] * 3 if len(cores) == 1 else [False] * 3)
+
+
+def test_tasks_filter_keeps_the_named_tasks_of_the_draw():
+    from lopt.config import EvalConfig
+    from lopt.report.run import _unique_names
+    from lopt.validate import ConfigError
+
+    base = dict(per_family=2, families=("logistic_regression", "flow"))
+    names = _unique_names(report.suite_tasks(EvalConfig(**base)))
+    assert len(names) == 4
+    picked = (names[3], names[0])  # order of the draw is kept, not of the option
+    got = _unique_names(report.suite_tasks(EvalConfig(**base, tasks=picked)))
+    assert got == [names[0], names[3]]
+    with pytest.raises(ConfigError, match=r"not in this draw.*its tasks are") as err:
+        report.suite_tasks(EvalConfig(**base, tasks=("mlp(nope)",)))
+    assert names[1] in str(err.value)

@@ -204,10 +204,22 @@ def step_flops(task) -> float:
 def suite_tasks(cfg: EvalConfig) -> list:
     """The tasks of ``cfg``: per family of the suite (restricted to ``cfg.families``), ``candidates``
     sampled tasks of which the ``per_family`` with the fewest FLOPs per step are kept, in sampling
-    order (`lopt.tasks.suites.Suite.tasks`)."""
-    return get_suite(cfg.suite).tasks(
+    order (`lopt.tasks.suites.Suite.tasks`); then, with ``cfg.tasks``, only those (by name in
+    that draw, ``#2`` suffixes included)."""
+    tasks = get_suite(cfg.suite).tasks(
         cfg.per_family, cfg.seed, candidates=cfg.candidates, cost=step_flops, families=cfg.families
     )
+    if not cfg.tasks:
+        return tasks
+    names = _unique_names(tasks)
+    unknown = [t for t in cfg.tasks if t not in names]
+    if unknown:
+        raise ConfigError(
+            f"--tasks {unknown}: not in this draw of suite {cfg.suite!r} (--per-family {cfg.per_family}, "
+            f"--candidates {cfg.candidates}, --seed {cfg.seed}, --families {list(cfg.families)}); its "
+            f"tasks are: {names}."
+        )
+    return [t for t, name in zip(tasks, names) if name in cfg.tasks]
 
 
 def _unique_names(tasks) -> list[str]:
