@@ -134,7 +134,9 @@ def single(steps: int, name: str, per_group: bool) -> dict:
             for i in range(PER_GROUP_CALLS):
                 keys = group_keys(jax.random.fold_in(state.key, i), num)[[g]]
                 t0 = time.perf_counter()
-                grads, states, group_metrics = program.estimate(keys, state.theta, states)  # host arrays: synced
+                grads, states, group_metrics = program.estimate(
+                    keys, state.theta, states
+                )  # host arrays: synced
                 t.append(time.perf_counter() - t0)
             got["estimate_s"].append(statistics.median(t[2:]))
     return got
