@@ -21,7 +21,14 @@ from lopt.tuning import (
     select_per_task,
 )
 
-BASELINE_METHODS = ("adam-lr-global", "adam-lr-per-task", "adam8p-per-task", "nadamw-list")
+BASELINE_METHODS = (
+    "adam-lr-global",
+    "adam-lr-per-task",
+    "adam-cosine-lr-per-task",
+    "adam8p-per-task",
+    "nadamw-list",
+    "lookahead-adam-lr-per-task",
+)
 
 
 @dataclasses.dataclass(frozen=True)
