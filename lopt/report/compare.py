@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from lopt.config import DEFAULT_METHODS
 from lopt.tuning import (
     CLIP,
     Method,
@@ -21,14 +22,8 @@ from lopt.tuning import (
     select_per_task,
 )
 
-BASELINE_METHODS = (
-    "adam-lr-global",
-    "adam-lr-per-task",
-    "adam-cosine-lr-per-task",
-    "adam8p-per-task",
-    "nadamw-list",
-    "lookahead-adam-lr-per-task",
-)
+# the references of the improvement section: every baseline `lopt eval` runs by default
+BASELINE_METHODS = DEFAULT_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
