@@ -178,22 +178,27 @@ def curves(
     budgets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0),
     out: str = "",
     by: str = "score",
+    steps: tuple[int, ...] = (),
+    window: tuple[int, ...] = (),
 ) -> None:
-    """Validation curves of meta-training runs: the best score within CPU budgets, as a table (and
-    curves.md, curves.json, validation.png with --out).
+    """Validation curves of meta-training runs: the best score within CPU budgets (or outer steps),
+    as a table (and curves.md, curves.json, validation.png with --out).
 
     Args:
         runs: run directories (name=DIR to label them).
         budgets: CPU-hours.
         out: write curves.md, curves.json and validation.png here.
         by: rank by the validation score (the mean over tasks) or the median.
+        steps: budgets in outer steps instead of CPU-hours (fair between runs whose start-up differs).
+        window: FIRST LAST outer steps: add the mean over the validations in that range (steadier
+            than a best).
     """
     from lopt.meta_train.curves import validation_curves
     from lopt.validate import ConfigError
 
     if not runs:
         raise ConfigError("name at least one run directory (name=DIR to label it).")
-    validation_curves(runs, budgets, out, by)
+    validation_curves(runs, budgets, out, by, steps, window)
 
 
 def validate(

@@ -334,6 +334,40 @@ def test_curves_rank_by_the_median_of_older_rows(tmp_path, capsys):
         validation_curves((str(tmp_path),), by="mean")
 
 
+def test_curves_at_equal_steps_and_over_a_window(tmp_path):
+    """--steps budgets by outer step; --window averages the validations in a step range by hand; a
+    step validated again after a resume counts once (the later row)."""
+    from lopt.meta_train.curves import validation_curves, validation_rows
+
+    medians = {0: 0.005, 100: 0.004, 200: 0.001, 300: 0.003, 400: 0.002}
+    rows = [
+        {
+            "step": s,
+            "cpu_seconds": 800 + 170 * s,
+            "valid/score": 0.01 + m,
+            "valid/median": m,
+            "valid/wins_global": 7,
+        }
+        for s, m in medians.items()
+    ]
+    rows.insert(
+        3, {**rows[2], "valid/median": 0.0, "valid/score": 0.009}
+    )  # a resume's first row: step 200 again
+    rows[2] = {**rows[2], "valid/median": 0.5}  # ... and the row it replaces
+    for r in rows:
+        r["valid/global_score"] = 0.018
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r["step"] for r in validation_rows(tmp_path)] == [0, 100, 200, 300, 400]
+    out = validation_curves((f"r={tmp_path}",), by="median", steps=(150, 400, 500), window=(100, 300))
+    line = out["table"].splitlines()[-1]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:4] == ["0.0040 (100)", "0.0000 (200)", "-"]
+    assert cells[4] == f"{(0.004 + 0.0 + 0.003) / 3:.4f} (3)"
+    assert cells[5:] == ["400", f"{(800 + 170 * 400) / 3600:.2f}"]
+    with pytest.raises(ConfigError, match="window=.*FIRST LAST"):
+        validation_curves((str(tmp_path),), window=(300, 100))
+
+
 def test_group_reference_is_tuned_adams_best_less_the_margin(monkeypatch, tmp_path):
     from lopt.objective import REFERENCE_GRID, REFERENCE_MARGIN, REFERENCE_SEED, group_reference
     from lopt.tasks.base import TaskConfig

@@ -1,9 +1,14 @@
 """Validation curves of meta-training runs: score against CPU time, read from ``metrics.jsonl``.
 
     lopt curves runs/a runs/b --out docs/ablations       # table + figure (`validation_curves`)
+    lopt curves a=runs/a b=runs/b --steps 400 800 --window 300 800 --by median   # an A/B at equal steps
 
 For each run: the validation rows (step, CPU-hours, score, wins) and the best score reached within
-CPU budgets (the theta a run would have kept, `best.safetensors`, had it stopped there).
+CPU budgets, or within outer steps (the theta a run would have kept, `best.safetensors`, had it
+stopped there). Outer steps are the fair budget between runs whose start-up differs (references
+computed or read, a resume's recompilation); CPU-hours are the honest one for a single run. The
+window column is the mean of the score over the validations in a step range: steadier than a best,
+which favours the noisiest run.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import numpy as np
 
 
 def validation_rows(run: str | os.PathLike) -> list[dict]:
-    """The ``valid/*`` rows of a run's metrics.jsonl, in step order (a row cut by a kill is skipped).
-    A row of an older lopt without ``valid/median`` gets it from its per-task ``valid/norm``."""
-    rows = []
+    """The ``valid/*`` rows of a run's metrics.jsonl, in step order (a row cut by a kill is skipped;
+    of two rows of one step, written again after a resume, the later is kept). A row of an older
+    lopt without ``valid/median`` gets it from its per-task ``valid/norm``."""
+    rows = {}
     for line in Path(run, "metrics.jsonl").read_text().splitlines():
         try:
             row = json.loads(line)
@@ -28,8 +34,8 @@ def validation_rows(run: str | os.PathLike) -> list[dict]:
         if "valid/score" in row:
             if "valid/median" not in row and "valid/norm" in row:
                 row["valid/median"] = float(np.median(row["valid/norm"]))
-            rows.append(row)
-    return rows
+            rows[row["step"]] = row
+    return [rows[s] for s in sorted(rows)]
 
 
 def best_within(rows: list[dict], cpu_hours: float, key: str = "valid/score") -> dict | None:
@@ -38,27 +44,51 @@ def best_within(rows: list[dict], cpu_hours: float, key: str = "valid/score") ->
     return min(inside, key=lambda r: r[key]) if inside else None
 
 
-def validation_curves(
-    runs: tuple[str, ...], budgets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0), out: str = "", by: str = "score"
-) -> dict:
-    """Print the table of the best score within each CPU budget of each run; with ``out``, write
-    ``curves.md``, ``curves.json`` and ``validation.png`` there. Returns curves, table and budgets.
+def best_within_steps(rows: list[dict], steps: int, key: str = "valid/score") -> dict | None:
+    """The validation row with the lowest ``key`` among those at outer step ``steps`` or before."""
+    inside = [r for r in rows if r["step"] <= steps and r.get(key) is not None]
+    return min(inside, key=lambda r: r[key]) if inside else None
 
-    Args:
-        runs: run directories (name=DIR to label them).
-        budgets: CPU-hours.
-        out: write curves.md, curves.json and validation.png here.
-        by: the validation number to rank by: score (the mean over tasks) or median.
-    """
+
+def window_mean(
+    rows: list[dict], window: tuple[int, int], key: str = "valid/score"
+) -> tuple[float, int] | None:
+    """The mean of ``key`` over the validations at steps ``window[0]``-``window[1]`` (both included),
+    and how many there were; None when the run has none there."""
+    inside = [r[key] for r in rows if window[0] <= r["step"] <= window[1] and r.get(key) is not None]
+    return (float(np.mean(inside)), len(inside)) if inside else None
+
+
+def validation_curves(
+    runs: tuple[str, ...],
+    budgets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0),
+    out: str = "",
+    by: str = "score",
+    steps: tuple[int, ...] = (),
+    window: tuple[int, ...] = (),
+) -> dict:
+    """Print the table of the best ``by`` within each budget of each run (CPU-hours, or outer
+    ``steps`` when given) and, with ``window`` (FIRST, LAST), its mean over those steps; with
+    ``out``, write ``curves.md``, ``curves.json`` and ``validation.png`` there. Runs are DIR or
+    name=DIR. Returns curves, table and budgets (the options of `lopt curves`)."""
     from lopt.config import SELECT_BY
     from lopt.report import figures
     from lopt.report.render import table
-    from lopt.validate import check_choice
+    from lopt.validate import ConfigError, check_choice
 
     check_choice("by", by, SELECT_BY)
+    if window and (len(window) != 2 or window[0] > window[1]):
+        raise ConfigError(
+            f"window={tuple(window)}: give two outer steps FIRST LAST, FIRST <= LAST (e.g. 300 800)."
+        )
     curves, body = {}, []
     key = f"valid/{by}"
-    header = ["run", *(f"best {by} within {b:g} CPU-h (step)" for b in budgets), "CPU-h run"]
+    columns = [f"best {by} within {s} steps (step)" for s in steps] or [
+        f"best {by} within {b:g} CPU-h (step)" for b in budgets
+    ]
+    if window:
+        columns.append(f"mean {by}, steps {window[0]}-{window[1]} (validations)")
+    header = ["run", *columns, "steps run", "CPU-h run"]
     for spec in runs:
         name, _, path = (
             spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
@@ -74,9 +104,11 @@ def validation_curves(
             "wins_global": [r["valid/wins_global"] for r in rows],
             "global_score": rows[0]["valid/global_score"],
         }
-        body.append(
-            [name, *(_budget_cell(rows, b, key) for b in budgets), f"{rows[-1]['cpu_seconds'] / 3600:.2f}"]
-        )
+        cells = [_steps_cell(rows, s, key) for s in steps] or [_budget_cell(rows, b, key) for b in budgets]
+        if window:
+            mean = window_mean(rows, (window[0], window[1]), key)
+            cells.append("-" if mean is None else f"{mean[0]:.4f} ({mean[1]})")
+        body.append([name, *cells, str(rows[-1]["step"]), f"{rows[-1]['cpu_seconds'] / 3600:.2f}"])
     text = table(header, body).rstrip("\n")
     print(text)
     if out:
@@ -91,6 +123,14 @@ def _budget_cell(rows: list[dict], budget: float, key: str) -> str:
     """The best ``key`` within ``budget`` CPU-hours and its step; - if the run did not get that far."""
     best = best_within(rows, budget, key)
     if best is None or rows[-1]["cpu_seconds"] < budget * 3600 * 0.98:
+        return "-"
+    return f"{best[key]:.4f} ({best['step']})"
+
+
+def _steps_cell(rows: list[dict], steps: int, key: str) -> str:
+    """The best ``key`` within ``steps`` outer steps and its step; - if the run did not get that far."""
+    best = best_within_steps(rows, steps, key)
+    if best is None or rows[-1]["step"] < steps:
         return "-"
     return f"{best[key]:.4f} ({best['step']})"
 
