@@ -180,6 +180,7 @@ def curves(
     by: str = "score",
     steps: tuple[int, ...] = (),
     window: tuple[int, ...] = (),
+    against: str = "",
 ) -> None:
     """Validation curves of meta-training runs: the best score within CPU budgets (or outer steps),
     as a table (and curves.md, curves.json, validation.png with --out).
@@ -192,13 +193,15 @@ def curves(
         steps: budgets in outer steps instead of CPU-hours (fair between runs whose start-up differs).
         window: FIRST LAST outer steps: add the mean over the validations in that range (steadier
             than a best).
+        against: a run's label: with --window, on how many validation tasks each run's mean over the
+            window is below that run's (a paired A/B).
     """
     from lopt.meta_train.curves import validation_curves
     from lopt.validate import ConfigError
 
     if not runs:
         raise ConfigError("name at least one run directory (name=DIR to label it).")
-    validation_curves(runs, budgets, out, by, steps, window)
+    validation_curves(runs, budgets, out, by, steps, window, against)
 
 
 def validate(

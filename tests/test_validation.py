@@ -368,6 +368,42 @@ def test_curves_at_equal_steps_and_over_a_window(tmp_path):
         validation_curves((str(tmp_path),), window=(300, 100))
 
 
+def test_curves_pair_runs_task_by_task(tmp_path):
+    """--against counts the tasks whose mean normalized loss over the window is below the named
+    run's, as computed by hand; runs of different validation tasks are refused."""
+    from lopt.meta_train.curves import validation_curves
+
+    def write(name, norms, suite="valid"):
+        rows = [
+            {
+                "step": 100 * i,
+                "cpu_seconds": 100.0 * (i + 1),
+                "valid/score": float(np.mean(n)),
+                "valid/median": float(np.median(n)),
+                "valid/norm": n,
+                "valid/tasks": len(n),
+                "valid/wins_global": 1,
+                "valid/global_score": 0.02,
+            }
+            for i, n in enumerate(norms)
+        ]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp_path / name / "config.json").write_text(json.dumps({"config": {"validation": suite}}))
+        return f"{name}={tmp_path / name}"
+
+    base = write("base", [[9.0, 9.0, 9.0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])  # window means 0.2 each
+    ab = write("ab", [[0.0, 0.0, 0.0], [0.1, 0.3, 0.0], [0.1, 0.3, 0.1]])  # 0.1, 0.3, 0.05
+    out = validation_curves((base, ab), steps=(200,), window=(100, 200), against="base")
+    cells = [c.strip() for c in out["table"].splitlines()[-1].strip("|").split("|")]
+    assert cells[0] == "ab" and cells[3] == "2/3 (median Δ -0.1000)"
+    for other in (write("fewer", [[0.1, 0.1]] * 3), write("other", [[0.1] * 3] * 3, suite="valid-confirm")):
+        with pytest.raises(ConfigError, match="different tasks"):
+            validation_curves((base, other), window=(100, 200), against="base")
+    with pytest.raises(ConfigError, match="against='nope': name one of the runs"):
+        validation_curves((base, ab), window=(100, 200), against="nope")
+
+
 def test_group_reference_is_tuned_adams_best_less_the_margin(monkeypatch, tmp_path):
     from lopt.objective import REFERENCE_GRID, REFERENCE_MARGIN, REFERENCE_SEED, group_reference
     from lopt.tasks.base import TaskConfig

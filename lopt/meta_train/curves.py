@@ -59,6 +59,34 @@ def window_mean(
     return (float(np.mean(inside)), len(inside)) if inside else None
 
 
+def suite_of(run: str | os.PathLike) -> str:
+    """The validation suite a run was validated on, from its ``config.json`` ("" if it has none)."""
+    try:
+        return json.loads(Path(run, "config.json").read_text())["config"].get("validation", "")
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def task_means(rows: list[dict], window: tuple[int, int]) -> np.ndarray | None:
+    """Each validation task's normalized loss averaged over the validations at steps
+    ``window[0]``-``window[1]``, in the suite's order; None when the run has none there."""
+    inside = [r["valid/norm"] for r in rows if window[0] <= r["step"] <= window[1] and "valid/norm" in r]
+    return np.mean(inside, axis=0) if inside else None
+
+
+def paired(run: tuple[str, np.ndarray], base: tuple[str, np.ndarray], names: tuple[str, str]) -> str:
+    """Tasks on which ``run``'s window mean is below ``base``'s, of all, and the median difference."""
+    from lopt.validate import ConfigError
+
+    if run[0] != base[0] or run[1].shape != base[1].shape:
+        raise ConfigError(
+            f"--against: {names[0]} and {names[1]} were validated on different tasks; pair runs of one "
+            "validation suite (--validation)."
+        )
+    diff = run[1] - base[1]
+    return f"{int(np.sum(diff < 0))}/{diff.size} (median Δ {np.median(diff):+.4f})"
+
+
 def validation_curves(
     runs: tuple[str, ...],
     budgets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0),
@@ -66,9 +94,11 @@ def validation_curves(
     by: str = "score",
     steps: tuple[int, ...] = (),
     window: tuple[int, ...] = (),
+    against: str = "",
 ) -> dict:
     """Print the table of the best ``by`` within each budget of each run (CPU-hours, or outer
-    ``steps`` when given) and, with ``window`` (FIRST, LAST), its mean over those steps; with
+    ``steps`` when given) and, with ``window`` (FIRST, LAST), its mean over those steps and, with
+    ``against`` (a run's label), on how many tasks each run's window mean beats that run's; with
     ``out``, write ``curves.md``, ``curves.json`` and ``validation.png`` there. Runs are DIR or
     name=DIR. Returns curves, table and budgets (the options of `lopt curves`)."""
     from lopt.config import SELECT_BY
@@ -81,6 +111,17 @@ def validation_curves(
         raise ConfigError(
             f"window={tuple(window)}: give two outer steps FIRST LAST, FIRST <= LAST (e.g. 300 800)."
         )
+    named, suites = {}, {}
+    for spec in runs:
+        name, _, path = (
+            spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
+        )
+        named[name], suites[name] = validation_rows(path), suite_of(path)
+    if against and (against not in named or not window):
+        raise ConfigError(
+            f"against={against!r}: name one of the runs ({', '.join(named)}) and give --window FIRST LAST."
+        )
+    base = task_means(named[against], (window[0], window[1])) if against else None
     curves, body = {}, []
     key = f"valid/{by}"
     columns = [f"best {by} within {s} steps (step)" for s in steps] or [
@@ -88,12 +129,10 @@ def validation_curves(
     ]
     if window:
         columns.append(f"mean {by}, steps {window[0]}-{window[1]} (validations)")
+    if against:
+        columns.append(f"tasks better than {against}, steps {window[0]}-{window[1]}")
     header = ["run", *columns, "steps run", "CPU-h run"]
-    for spec in runs:
-        name, _, path = (
-            spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
-        )
-        rows = validation_rows(path)
+    for name, rows in named.items():
         if not rows:
             continue
         curves[name] = {
@@ -108,6 +147,13 @@ def validation_curves(
         if window:
             mean = window_mean(rows, (window[0], window[1]), key)
             cells.append("-" if mean is None else f"{mean[0]:.4f} ({mean[1]})")
+        if against:
+            means = task_means(rows, (window[0], window[1]))
+            cells.append(
+                "-"
+                if means is None or base is None
+                else paired((suites[name], means), (suites[against], base), (name, against))
+            )
         body.append([name, *cells, str(rows[-1]["step"]), f"{rows[-1]['cpu_seconds'] / 3600:.2f}"])
     text = table(header, body).rstrip("\n")
     print(text)
