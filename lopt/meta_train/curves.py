@@ -40,22 +40,25 @@ def validation_rows(run: str | os.PathLike) -> list[dict]:
 
 def best_within(rows: list[dict], cpu_hours: float, key: str = "valid/score") -> dict | None:
     """The validation row with the lowest ``key`` among those at most ``cpu_hours`` into the run."""
-    inside = [r for r in rows if r["cpu_seconds"] <= cpu_hours * 3600 and r.get(key) is not None]
+    return _best_until(rows, "cpu_seconds", cpu_hours * 3600, key)
+
+
+def _best_until(rows: list[dict], field: str, limit: float, key: str) -> dict | None:
+    """The row with the lowest ``key`` among those whose ``field`` (cpu_seconds, step) is at most ``limit``."""
+    inside = [r for r in rows if r[field] <= limit and r.get(key) is not None]
     return min(inside, key=lambda r: r[key]) if inside else None
 
 
-def best_within_steps(rows: list[dict], steps: int, key: str = "valid/score") -> dict | None:
-    """The validation row with the lowest ``key`` among those at outer step ``steps`` or before."""
-    inside = [r for r in rows if r["step"] <= steps and r.get(key) is not None]
-    return min(inside, key=lambda r: r[key]) if inside else None
+def _in_window(rows: list[dict], span: tuple[int, int], key: str) -> list:
+    """``key`` of the validations at steps ``span[0]``-``span[1]`` (both included) that have it."""
+    return [r[key] for r in rows if span[0] <= r["step"] <= span[1] and r.get(key) is not None]
 
 
 def window_mean(
-    rows: list[dict], window: tuple[int, int], key: str = "valid/score"
+    rows: list[dict], span: tuple[int, int], key: str = "valid/score"
 ) -> tuple[float, int] | None:
-    """The mean of ``key`` over the validations at steps ``window[0]``-``window[1]`` (both included),
-    and how many there were; None when the run has none there."""
-    inside = [r[key] for r in rows if window[0] <= r["step"] <= window[1] and r.get(key) is not None]
+    """The mean of ``key`` over the validations in ``span`` and how many there were; None if none."""
+    inside = _in_window(rows, span, key)
     return (float(np.mean(inside)), len(inside)) if inside else None
 
 
@@ -67,10 +70,10 @@ def suite_of(run: str | os.PathLike) -> str:
         return ""
 
 
-def task_means(rows: list[dict], window: tuple[int, int]) -> np.ndarray | None:
-    """Each validation task's normalized loss averaged over the validations at steps
-    ``window[0]``-``window[1]``, in the suite's order; None when the run has none there."""
-    inside = [r["valid/norm"] for r in rows if window[0] <= r["step"] <= window[1] and "valid/norm" in r]
+def task_means(rows: list[dict], span: tuple[int, int]) -> np.ndarray | None:
+    """Each validation task's normalized loss averaged over the validations in ``span``, in the
+    suite's order; None when the run has none there."""
+    inside = _in_window(rows, span, "valid/norm")
     return np.mean(inside, axis=0) if inside else None
 
 
@@ -121,7 +124,8 @@ def validation_curves(
         raise ConfigError(
             f"against={against!r}: name one of the runs ({', '.join(named)}) and give --window FIRST LAST."
         )
-    base = task_means(named[against], (window[0], window[1])) if against else None
+    span = (window[0], window[1]) if window else (0, -1)
+    base = task_means(named[against], span) if against else None
     curves, body = {}, []
     key = f"valid/{by}"
     columns = [f"best {by} within {s} steps (step)" for s in steps] or [
@@ -143,12 +147,14 @@ def validation_curves(
             "wins_global": [r["valid/wins_global"] for r in rows],
             "global_score": rows[0]["valid/global_score"],
         }
-        cells = [_steps_cell(rows, s, key) for s in steps] or [_budget_cell(rows, b, key) for b in budgets]
+        cells = [_best_cell(rows, "step", s, s, key) for s in steps] or [
+            _best_cell(rows, "cpu_seconds", b * 3600, b * 3600 * 0.98, key) for b in budgets
+        ]
         if window:
-            mean = window_mean(rows, (window[0], window[1]), key)
+            mean = window_mean(rows, span, key)
             cells.append("-" if mean is None else f"{mean[0]:.4f} ({mean[1]})")
         if against:
-            means = task_means(rows, (window[0], window[1]))
+            means = task_means(rows, span)
             cells.append(
                 "-"
                 if means is None or base is None
@@ -165,18 +171,11 @@ def validation_curves(
     return {"curves": curves, "table": text, "budgets": np.asarray(budgets).tolist()}
 
 
-def _budget_cell(rows: list[dict], budget: float, key: str) -> str:
-    """The best ``key`` within ``budget`` CPU-hours and its step; - if the run did not get that far."""
-    best = best_within(rows, budget, key)
-    if best is None or rows[-1]["cpu_seconds"] < budget * 3600 * 0.98:
-        return "-"
-    return f"{best[key]:.4f} ({best['step']})"
-
-
-def _steps_cell(rows: list[dict], steps: int, key: str) -> str:
-    """The best ``key`` within ``steps`` outer steps and its step; - if the run did not get that far."""
-    best = best_within_steps(rows, steps, key)
-    if best is None or rows[-1]["step"] < steps:
+def _best_cell(rows: list[dict], field: str, limit: float, reached: float, key: str) -> str:
+    """The best ``key`` with ``field`` (cpu_seconds, step) at most ``limit``, and its step; - if the
+    run's last row did not get to ``reached``."""
+    best = _best_until(rows, field, limit, key)
+    if best is None or rows[-1][field] < reached:
         return "-"
     return f"{best[key]:.4f} ({best['step']})"
 
