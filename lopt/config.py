@@ -100,10 +100,16 @@ class MetaTrainConfig:
     meta_split: str = "outer_valid"  # meta-loss split: outer_valid, or train (cheaper, rewards fitting)
     meta_clip: float = 3.0  # relative excess loss x clipped at c (log: log c); NaN/inf count as the clip
     # --- objective ------------------------------------------------------------------------------
-    objective: str = "log"  # per-step meta-loss of x = (L - L_ref)/|L0 - L_ref|: log (log x) or relative (x)
+    # per-step meta-loss of x = (L - L_ref)/|L0 - L_ref|: relative (x) or log (log x, v2); log was the
+    # default until two seeds did not show it helps (docs/ablations.md, Session 9)
+    objective: str = "relative"
     loss_reference: str = "adam"  # L_ref per task group: adam (tuned Adam's best, less a margin) or zero
-    step_weights: str = "ramp"  # weight of each inner step by its place in the episode: ramp, final, uniform
-    shaping: str = "zscore"  # ES fitness shaping of the antithetic differences: zscore (per group) or none
+    # weight of each inner step by its place in the episode: uniform, ramp (v2), final; ramp was the
+    # default until two seeds did not show it helps (docs/ablations.md, Session 9)
+    step_weights: str = "uniform"
+    # ES fitness shaping of the antithetic differences: none, or zscore (per group, v2); zscore was the
+    # default until two seeds did not show it helps (docs/ablations.md, Session 9)
+    shaping: str = "none"
     drop_diverged: bool = True  # a pair with a non-finite loss stops contributing until its episode restarts
     # --- outer optimizer ------------------------------------------------------------------------
     outer_opt: str = OUTER_ADAMW  # adamw, or a learned optimizer name: theta is trained by that optimizer
